@@ -1,0 +1,122 @@
+"""The one backend interface, and the plain-array results it returns.
+
+A backend is a runtime + device + dtype. It loads a model source, generates greedily
+with per-step top-k log-probabilities, scores a given sequence teacher-forced, optionally
+returns per-layer hidden states, describes its environment and closes. Every array is
+numpy, every log-probability is computed in float32 from the raw logits.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass
+class Generation:
+    """One greedy continuation.
+
+    `topk_ids[i]` / `topk_logprobs[i]` are the backend's own top-k at generated step i
+    (the distribution the i-th output token was picked from); `tail_logprob[i]` is the
+    log of the probability mass outside those k ids.
+    """
+
+    prompt_ids: list[int]
+    output_ids: list[int]
+    topk_ids: np.ndarray        # (steps, k) int64
+    topk_logprobs: np.ndarray   # (steps, k) float32, sorted descending
+    tail_logprob: np.ndarray    # (steps,) float32
+    timings: dict[str, float] = field(default_factory=dict)  # ttft_s, total_s
+
+
+@dataclass
+class Scores:
+    """Teacher-forced scores of a target sequence after a prompt.
+
+    Row i is the distribution that predicts target token i. `gathered_logprobs[i, j]` is
+    the log-probability of `gather_ids[i, j]`; `gathered_tail[i]` is the log of the mass
+    outside the gathered ids (exact, from the full logits); `top_ids` / `top_logprobs` are
+    the backend's own top-k at that position.
+    """
+
+    gathered_logprobs: np.ndarray   # (n, k) float32
+    gathered_tail: np.ndarray       # (n,) float32
+    top_ids: np.ndarray             # (n, k) int64
+    top_logprobs: np.ndarray        # (n, k) float32
+
+
+@dataclass
+class BackendConfig:
+    """What a backend is asked to be: a built-in entry or one from a spec's `backends:`."""
+
+    name: str
+    runtime: str                    # torch | onnx | openai | ...
+    device: str = "cpu"
+    dtype: str = "float32"
+    options: dict[str, Any] = field(default_factory=dict)  # runtime-specific settings
+
+
+class Backend(ABC):
+    """Interface every runtime implements. Instances are created by the registry."""
+
+    def __init__(self, config: BackendConfig):
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @abstractmethod
+    def load(self, source: Any) -> None:
+        """Load a model source (a `specengine.sources.ResolvedSource`)."""
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, top_k: int,
+                 stop_ids: Sequence[int] = ()) -> list[Generation]:
+        """Greedy generation for a batch of prompts (each may stop early at a stop id)."""
+
+    @abstractmethod
+    def score(self, prompt_ids: Sequence[int], target_ids: Sequence[int],
+              gather_ids: np.ndarray, top_k: int) -> Scores:
+        """Teacher-forced scoring of `target_ids` after `prompt_ids`, in one forward pass."""
+
+    def hidden_states(self, ids: Sequence[int]) -> list[np.ndarray] | None:
+        """Per-layer hidden states (embedding, each decoder layer, final norm), or None."""
+        return None
+
+    @abstractmethod
+    def environment(self) -> dict[str, Any]:
+        """Backend, runtime, device name, dtype and library versions."""
+
+    def close(self) -> None:
+        """Release the model and device memory."""
+
+
+def topk_with_tail(logprobs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k ids/log-probs (sorted descending) and log tail mass of log-softmax rows.
+
+    Pure numpy helper shared by runtimes that hand back full logits (ONNX, tests).
+    `logprobs` is (n, vocab) float32 log-softmax output.
+    """
+    k = min(k, logprobs.shape[-1])
+    part = np.argpartition(-logprobs, k - 1, axis=-1)[:, :k]
+    vals = np.take_along_axis(logprobs, part, axis=-1)
+    order = np.argsort(-vals, axis=-1, kind="stable")
+    ids = np.take_along_axis(part, order, axis=-1).astype(np.int64)
+    vals = np.take_along_axis(vals, order, axis=-1).astype(np.float32)
+    tail = log_mass_excluding(logprobs, ids)
+    return ids, vals, tail
+
+
+def log_mass_excluding(logprobs: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """log(sum of exp(logprobs) over all ids not in `ids`), per row, computed stably."""
+    masked = logprobs.astype(np.float64).copy()
+    np.put_along_axis(masked, ids, -np.inf, axis=-1)
+    m = masked.max(axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.exp(masked - m).sum(axis=-1)) + m[:, 0]
+    return out.astype(np.float32)

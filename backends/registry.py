@@ -1,0 +1,90 @@
+"""Backend registry: built-in names, aliases, runtimes as "module:Class", did-you-mean.
+
+Importing this module imports no runtime; `create` imports the module of the runtime it
+is asked for and turns a missing runtime into `BackendUnavailable` (exit 3).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Mapping
+
+from specengine.errors import BackendUnavailable, UsageError
+
+from .base import Backend, BackendConfig
+
+BUILTINS: dict[str, BackendConfig] = {
+    "cpu": BackendConfig("cpu", "torch", "cpu", "float32"),
+    "cpu-bf16": BackendConfig("cpu-bf16", "torch", "cpu", "bfloat16"),
+    "cuda": BackendConfig("cuda", "torch", "cuda", "bfloat16"),
+    "npu": BackendConfig("npu", "torch", "npu", "bfloat16"),
+    "onnx": BackendConfig("onnx", "onnx", "cpu", "float32"),
+}
+
+ALIASES = {"cpu-fp32": "cpu", "cpu32": "cpu", "bf16": "cpu-bf16", "gpu": "cuda",
+           "ascend": "npu", "ort": "onnx", "onnxruntime": "onnx"}
+
+# runtime -> "module:Class", per device family where the runtime needs a thin layer.
+RUNTIMES = {
+    ("torch", "npu"): "specengine.backends.npu:NpuBackend",
+    ("torch", None): "specengine.backends.torch_backend:TorchBackend",
+    ("onnx", None): "specengine.backends.onnx_backend:OnnxBackend",
+    ("openai", None): "specengine.backends.openai_backend:OpenAIBackend",
+}
+
+
+def known_names(extra: Mapping[str, object] | None = None) -> list[str]:
+    return sorted(set(BUILTINS) | set(extra or {}))
+
+
+def resolve_name(name: str, extra: Mapping[str, object] | None = None) -> str:
+    """Canonical backend name, or UsageError with a did-you-mean suggestion."""
+    names = known_names(extra)
+    if name in names:
+        return name
+    if name in ALIASES:
+        return ALIASES[name]
+    raise UsageError(unknown_message(name, names))
+
+
+def unknown_message(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(name, names + list(ALIASES), n=1, cutoff=0.5)
+    hint = f"; did you mean '{ALIASES.get(close[0], close[0])}'?" if close else ""
+    return f"unknown backend '{name}' (known: {', '.join(names)}){hint}"
+
+
+def config_for(name: str, spec_backends: Mapping[str, BackendConfig] | None = None) -> BackendConfig:
+    """The BackendConfig of a (canonical or alias) name; spec entries override built-ins."""
+    name = resolve_name(name, spec_backends)
+    if spec_backends and name in spec_backends:
+        return spec_backends[name]
+    return BUILTINS[name]
+
+
+def backend_class(config: BackendConfig) -> type[Backend]:
+    family = config.device.split(":")[0]
+    target = RUNTIMES.get((config.runtime, family)) or RUNTIMES.get((config.runtime, None))
+    if target is None:
+        raise UsageError(f"backend '{config.name}': unknown runtime '{config.runtime}'")
+    module_name, class_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or str(exc)
+        raise BackendUnavailable(
+            f"backend '{config.name}' needs the {config.runtime} runtime, which is not "
+            f"installed ({missing} missing): pip install 'specengine[{_extra(config)}]'"
+        ) from None
+    return getattr(module, class_name)
+
+
+def create(config: BackendConfig) -> Backend:
+    """Instantiate a backend; its constructor checks that the device exists (exit 3)."""
+    return backend_class(config)(config)
+
+
+def _extra(config: BackendConfig) -> str:
+    if config.device.startswith("npu"):
+        return "npu"
+    return {"onnx": "onnx"}.get(config.runtime, "torch")
