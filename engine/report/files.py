@@ -1,0 +1,142 @@
+"""Report files: the results JSON (write and read back) and atomic writes of every
+report format.
+
+The JSON file is `{"format": 1, "runs": [RunResult.to_dict(), ...]}`, validated by
+`schemas/results.schema.json`. Non-finite floats (a NaN KL, an infinite |Δ logprob|)
+are written as null: JSON has no NaN, and a report must never crash on a bad number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..results import RESULTS_FORMAT, RunResult, from_dict
+from .text import one_line, truncate
+
+PathLike = str | os.PathLike
+
+
+def finite(value: Any) -> Any:
+    """A JSON-ready copy: NaN/±Inf floats become None, numpy values become Python ones,
+    tuples become lists, anything else its str()."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if hasattr(value, "tolist"):          # numpy scalar or array
+        return finite(value.tolist())
+    return str(value)                     # a Path, an enum, ...: readable, never a crash
+
+
+def results_payload(runs: list[RunResult]) -> dict[str, Any]:
+    return {"format": RESULTS_FORMAT, "runs": [finite(run.to_dict()) for run in runs]}
+
+
+def dump_results(runs: list[RunResult]) -> str:
+    """The results file's text: sorted keys, one value per line, UTF-8 where possible
+    (text with lone surrogates falls back to \\u escapes so it stays valid UTF-8)."""
+    payload = results_payload(runs)
+    text = json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=True, allow_nan=False)
+    return text + "\n"
+
+
+def atomic_write(path: PathLike, text: str) -> None:
+    """Write `text` as UTF-8 to a temp file in the target's folder, then rename it over
+    the target: readers see the old file or the new one, never half of one."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = text.encode("utf-8", errors="backslashreplace")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_reports(runs: list[RunResult], *, json_path: PathLike | None = None,
+                  markdown: PathLike | None = None, html: PathLike | None = None,
+                  junit: PathLike | None = None) -> None:
+    """Write each requested report. Everything is rendered before the first file is
+    written, so a rendering problem leaves no partial set of reports behind."""
+    from .markdown import render_markdown
+    from .render import render_html, render_junit
+
+    jobs = [(json_path, dump_results), (markdown, render_markdown), (html, render_html),
+            (junit, render_junit)]
+    rendered = [(path, fn(runs)) for path, fn in jobs if path is not None]
+    for path, text in rendered:
+        atomic_write(path, text)
+
+
+def _fail(path: PathLike, message: str) -> UsageError:
+    return UsageError(truncate(one_line(f"{path}: {message}"), 400))
+
+
+def _read_json(path: PathLike) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _fail(path, "results file not found") from None
+    except UnicodeDecodeError:
+        raise _fail(path, "not a results file (not UTF-8 text)") from None
+    except OSError as exc:
+        raise _fail(path, f"cannot read the results file: {exc.strerror or exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _fail(path, f"line {exc.lineno} column {exc.colno}: not valid JSON: {exc.msg}") from None
+
+
+def load_results(path: PathLike) -> list[RunResult]:
+    """Read a results file written by `write_reports(json_path=...)`. Any problem —
+    unreadable, not JSON, another format version, not matching the schema — is a
+    `UsageError` with a one-line message naming the file."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    from ..spec import schema
+
+    data = _read_json(path)
+    if not isinstance(data, dict) or "runs" not in data or "format" not in data:
+        raise _fail(path, "not a specengine results file (expected an object with "
+                          "'format' and 'runs', as written by --json)")
+    if data["format"] != RESULTS_FORMAT:
+        raise _fail(path, f"results format {data['format']!r} is not supported "
+                          f"(this specengine reads format {RESULTS_FORMAT})")
+    error = best_match(Draft202012Validator(schema("results")).iter_errors(data))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise _fail(path, f"not a valid results file: at {where}: {truncate(error.message, 200)}")
+    try:
+        return [from_dict(run) for run in data["runs"]]
+    except (TypeError, KeyError, ValueError) as exc:
+        raise _fail(path, f"not a valid results file: {exc}") from None

@@ -1,0 +1,104 @@
+"""The terminal summary: one block per run, one row per case, one line per failing
+check, and a final `N passed, N failed, N errors` over all cases. Plain text; ANSI
+colours only when asked. Untrusted text (ids, messages) has its control characters
+made visible, so model output cannot move the cursor or recolour the terminal."""
+
+from __future__ import annotations
+
+from ..results import ERROR, FAIL, PASS, RunResult
+from .model import (SELF_CHECK, SELF_CHECK_TEXT, case_metrics, counts, failing_checks,
+                    overall_status, perf_view, run_status, run_title)
+from .text import fmt, fmt_ratio, one_line, truncate
+
+_COLORS = {PASS: "32", FAIL: "31", ERROR: "35", "warn": "33", "dim": "2", "bold": "1"}
+MESSAGE_WIDTH = 200
+ID_WIDTH = 40
+HEADERS = ("case", "status", "KL mean", "KL max", "top-1", "max|Δlp|", "diverges")
+WIDTHS = (None, 7, 9, 9, 6, 9, 10)
+
+
+def _paint(text: str, key: str, color: bool) -> str:
+    code = _COLORS.get(key)
+    return f"\033[{code}m{text}\033[0m" if color and code else text
+
+
+def _divergence(m) -> str:
+    if m.divergence is None:
+        return "—"
+    return f"{m.divergence} (tie)" if m.divergence_ok else str(m.divergence)
+
+
+def _row(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+
+def _run_block(run: RunResult, color: bool) -> list[str]:
+    status = run_status(run)
+    head = f"{one_line(run.spec_name)}  {one_line(run_title(run))}  [{run.comparison}]"
+    lines = [_paint(head, "bold", color) + "  " + _paint(status.upper(), status, color)]
+    if run.comparison == SELF_CHECK:
+        lines.append("  " + _paint(SELF_CHECK_TEXT, "warn", color))
+    for side, label in ((run.candidate, "candidate"), (run.reference, "reference")):
+        if side.model_override:
+            lines.append("  " + _paint(f"{label} {side.backend} uses its own model "
+                                       f"(model override: {one_line(side.model_source)})", "warn", color))
+        if side.trust_remote_code:
+            lines.append("  " + _paint(f"{label} {side.backend} ran with trust_remote_code", "warn", color))
+    if not run.cases:
+        lines.append("  (no cases)")
+    else:
+        idw = min(max(len(HEADERS[0]), *(len(one_line(c.id)) for c in run.cases)), ID_WIDTH)
+        widths = [idw, *WIDTHS[1:]]
+        lines.append("  " + _paint(_row(list(HEADERS), widths), "dim", color))
+        for case in run.cases:
+            lines += _case_lines(case, widths, color)
+    lines += _perf_lines(run, color)
+    lines += [f"  note: {truncate(one_line(n), MESSAGE_WIDTH)}" for n in run.notes]
+    return lines
+
+
+def _case_lines(case, widths: list[int], color: bool) -> list[str]:
+    m = case_metrics(case)
+    cells = [truncate(one_line(case.id), widths[0]), case.status, fmt(m.kl_mean, 3),
+             fmt(m.kl_max, 3), fmt_ratio(m.top1), fmt(m.dlogprob, 3), _divergence(m)]
+    padded = [c.ljust(w) for c, w in zip(cells, widths)]
+    # colour the status cell only, after padding, so columns stay aligned
+    padded[1] = _paint(padded[1], case.status, color)
+    out = ["  " + "  ".join(padded).rstrip()]
+    for check in failing_checks(case):
+        msg = truncate(one_line(f"{check.name}: {check.message or check.status}"), MESSAGE_WIDTH)
+        out.append("      " + _paint(f"✗ {msg}", check.status, color))
+    if case.error:
+        out.append("      " + _paint(f"✗ error: {truncate(one_line(case.error), MESSAGE_WIDTH)}",
+                                     ERROR, color))
+    return out
+
+
+def _perf_lines(run: RunResult, color: bool) -> list[str]:
+    view = perf_view(run.perf)
+    if view is None:
+        return []
+    parts = []
+    for row in view.rows:
+        bits = [f"batch {fmt(row.batch_size)}"]
+        if row.tokens_per_s is not None:
+            bits.append(f"{fmt(row.tokens_per_s)} tok/s")
+        if row.ttft.get("p50") is not None:
+            bits.append(f"TTFT p50 {fmt(row.ttft['p50'])} ms")
+        parts.append(" ".join(bits))
+    status = view.status or "measured"
+    lines = ["  perf " + _paint(status, status, color) + (": " + "; ".join(parts) if parts else "")]
+    lines += [f"      ✗ {truncate(one_line(m), MESSAGE_WIDTH)}" for m in view.messages]
+    return lines
+
+
+def render_terminal(runs: list[RunResult], color: bool = False) -> str:
+    """The compact summary printed after every command."""
+    lines: list[str] = []
+    for run in runs:
+        lines += _run_block(run, color)
+        lines.append("")
+    total = counts(runs)
+    verdict = overall_status(runs)
+    lines.append(_paint(total.line(), verdict if verdict != "not-run" else "warn", color))
+    return "\n".join(lines) + "\n"
