@@ -1,0 +1,238 @@
+"""The torch runtime: cpu / cpu-bf16 / cuda, and the base of the NPU layer.
+
+Greedy generation with a KV cache; per step the top-k ids and log-probs are computed in
+float32 from the raw logits, with the log of the remaining (tail) mass. Teacher-forced
+scoring is one forward pass over prompt + target.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from specengine.errors import BackendCrashed, BackendUnavailable
+
+from .base import Backend, BackendConfig, Generation, Scores
+from .torch_models import device_placement, load_torch_model
+
+
+class TorchBackend(Backend):
+    """One torch device + dtype. Subclasses override the small device hooks only."""
+
+    def __init__(self, config: BackendConfig):
+        super().__init__(config)
+        try:
+            import torch
+        except ImportError:
+            raise BackendUnavailable(f"backend '{config.name}' needs torch: "
+                                     "pip install 'specengine[torch]'") from None
+        self.torch = torch
+        self.model = None
+        self.resolved = None
+        self.load_s = 0.0
+        self.settings: dict[str, Any] = {}
+        self.prepare_device()
+
+    # -- device hooks (the NPU layer overrides these) -------------------------------
+    def prepare_device(self) -> None:
+        family = self.config.device.split(":")[0]
+        if family == "cuda" and not self.torch.cuda.is_available():
+            raise BackendUnavailable(
+                f"backend '{self.name}': no CUDA device is visible to torch "
+                f"{self.torch.__version__} (CUDA build: {self.torch.version.cuda or 'no'})")
+        if family not in ("cpu", "cuda"):
+            raise BackendUnavailable(f"backend '{self.name}': device '{self.config.device}' is "
+                                     "not supported by the torch runtime")
+        self.apply_determinism()
+
+    def apply_determinism(self) -> None:
+        torch = self.torch
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        self.settings["torch.use_deterministic_algorithms"] = "True (warn_only)"
+        if self.config.device.startswith("cuda"):
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+            self.settings["cudnn.benchmark"] = "False"
+            self.settings["cuda.matmul.allow_tf32"] = "False"
+
+    def synchronize(self) -> None:
+        if self.config.device.startswith("cuda"):
+            self.torch.cuda.synchronize()
+
+    def device_name(self) -> str:
+        if self.config.device.startswith("cuda"):
+            return self.torch.cuda.get_device_name(self.config.device)
+        return _cpu_name()
+
+    def peak_memory_bytes(self) -> int | None:
+        if self.config.device.startswith("cuda"):
+            return int(self.torch.cuda.max_memory_allocated(self.config.device))
+        return _host_peak_rss()
+
+    def reset_peak_memory(self) -> None:
+        if self.config.device.startswith("cuda"):
+            self.torch.cuda.reset_peak_memory_stats(self.config.device)
+
+    # -- interface ------------------------------------------------------------------
+    def load(self, source) -> None:
+        start = time.perf_counter()
+        try:
+            self.model = load_torch_model(source, self.config.dtype, self.config.device)
+        except RuntimeError as exc:  # device out of memory while moving weights, etc.
+            raise BackendCrashed(f"backend '{self.name}': {' '.join(str(exc).split())[:300]}") from None
+        self.synchronize()
+        self.load_s = time.perf_counter() - start
+        self.resolved = source
+        self.settings["attn_implementation"] = str(getattr(self.model.config, "_attn_implementation", ""))
+        placement = device_placement(self.model)
+        if placement:
+            self.settings["device_map"] = placement
+
+    @property
+    def input_device(self):
+        return self.model.get_input_embeddings().weight.device
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, top_k: int,
+                 stop_ids: Sequence[int] = ()) -> list[Generation]:
+        torch = self.torch
+        batch = len(prompts)
+        lengths = [len(p) for p in prompts]
+        width = max(lengths)
+        pad = 0
+        ids = torch.full((batch, width), pad, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):          # left padding
+            ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+            mask[row, width - len(prompt):] = 1
+        dev = self.input_device
+        ids, mask = ids.to(dev), mask.to(dev)
+        stop = torch.tensor(sorted(set(int(s) for s in stop_ids)) or [-1], device=dev)
+        steps_ids, steps_lp, steps_tail, chosen = [], [], [], []
+        finished = torch.zeros(batch, dtype=torch.bool, device=dev)
+        past = None
+        timings: dict[str, float] = {}
+        self.synchronize()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            step_input, position = ids, (mask.cumsum(-1) - 1).clamp(min=0)
+            for step in range(max_new_tokens):
+                out = self._forward(step_input, mask, position, past)
+                past = out.past_key_values
+                top_ids, top_lp, tail = _topk_tail(torch, out.logits[:, -1, :], top_k)
+                nxt = top_ids[:, 0]
+                steps_ids.append(top_ids)
+                steps_lp.append(top_lp)
+                steps_tail.append(tail)
+                chosen.append(torch.where(finished, torch.full_like(nxt, -1), nxt))
+                finished = finished | torch.isin(nxt, stop)
+                if step == 0:
+                    self.synchronize()
+                    timings["ttft_s"] = time.perf_counter() - start
+                if bool(finished.all()):
+                    break
+                step_input = nxt[:, None]
+                mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=dev)], 1)
+                position = position[:, -1:] + 1
+        self.synchronize()
+        timings["total_s"] = time.perf_counter() - start
+        return _collect(prompts, chosen, steps_ids, steps_lp, steps_tail, timings)
+
+    def _forward(self, input_ids, mask, position, past):
+        try:
+            return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position,
+                              past_key_values=past, use_cache=True)
+        except RuntimeError as exc:
+            raise BackendCrashed(f"backend '{self.name}' forward failed: "
+                                 f"{' '.join(str(exc).split())[:300]}") from None
+
+    def score(self, prompt_ids: Sequence[int], target_ids: Sequence[int],
+              gather_ids: np.ndarray, top_k: int) -> Scores:
+        torch = self.torch
+        n = len(target_ids)
+        full = list(prompt_ids) + list(target_ids)
+        dev = self.input_device
+        ids = torch.tensor([full[:-1]], dtype=torch.long, device=dev)
+        with torch.inference_mode():
+            try:
+                out = self.model(input_ids=ids, use_cache=False, logits_to_keep=n)
+            except RuntimeError as exc:
+                raise BackendCrashed(f"backend '{self.name}' forward failed: "
+                                     f"{' '.join(str(exc).split())[:300]}") from None
+            lp = torch.log_softmax(out.logits[0, -n:, :].float(), dim=-1)
+            gather = torch.as_tensor(np.asarray(gather_ids), dtype=torch.long, device=lp.device)
+            gathered = lp.gather(-1, gather)
+            tail = torch.logsumexp(lp.scatter(-1, gather, float("-inf")), dim=-1)
+            top = lp.topk(top_k, dim=-1)
+        return Scores(gathered.cpu().numpy(), tail.cpu().numpy(),
+                      top.indices.cpu().numpy().astype(np.int64), top.values.cpu().numpy())
+
+    def hidden_states(self, ids: Sequence[int]) -> list[np.ndarray] | None:
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([list(ids)], device=self.input_device),
+                             use_cache=False, output_hidden_states=True)
+        return [h[0].float().cpu().numpy() for h in out.hidden_states]
+
+    def environment(self) -> dict[str, Any]:
+        import transformers
+
+        versions = {"torch": self.torch.__version__, "transformers": transformers.__version__}
+        versions.update(self.extra_versions())
+        return {"backend": self.name, "runtime": "torch", "device": self.config.device,
+                "device_name": self.device_name(), "dtype": self.config.dtype,
+                "versions": versions, "settings": dict(self.settings)}
+
+    def extra_versions(self) -> dict[str, str]:
+        return {}
+
+    def close(self) -> None:
+        self.model = None
+        if self.config.device.startswith("cuda"):
+            self.torch.cuda.empty_cache()
+
+
+def _topk_tail(torch, logits, k: int):
+    """Top-k of the float32 log-softmax of raw logits, and log of the remaining mass."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    top = lp.topk(k, dim=-1)
+    tail = torch.logsumexp(lp.scatter(-1, top.indices, float("-inf")), dim=-1)
+    return top.indices, top.values, tail
+
+
+def _collect(prompts, chosen, steps_ids, steps_lp, steps_tail, timings) -> list[Generation]:
+    import torch
+
+    chosen_t = torch.stack(chosen, 1).cpu().numpy()
+    ids_t = torch.stack(steps_ids, 1).cpu().numpy().astype(np.int64)
+    lp_t = torch.stack(steps_lp, 1).cpu().numpy()
+    tail_t = torch.stack(steps_tail, 1).cpu().numpy()
+    out = []
+    for row, prompt in enumerate(prompts):
+        valid = chosen_t[row] >= 0
+        n = int(valid.sum())
+        out.append(Generation(list(prompt), [int(x) for x in chosen_t[row][:n]],
+                              ids_t[row][:n], lp_t[row][:n], tail_t[row][:n], dict(timings)))
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _host_peak_rss() -> int | None:
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    except (ImportError, OSError):
+        return None

@@ -1,0 +1,59 @@
+"""Loading a resolved model source into a torch module (shared by the torch backends,
+the ONNX exporter and localisation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from specengine.errors import BackendCrashed, ModelSourceError
+
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
+def load_torch_model(resolved, dtype: str = "float32", device: str = "cpu",
+                     device_map: Any = None, max_memory: dict | None = None):
+    """from_pretrained on the resolved local folder: offline, remote code only when the
+    spec opts in, cast to `dtype`, moved to `device` (unless a device_map places it)."""
+    from specengine.sources import offline
+
+    offline()
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    spec = resolved.spec
+    factory = AutoModel if spec.kind == "embedding" else AutoModelForCausalLM
+    kwargs: dict[str, Any] = dict(dtype=torch_dtype(dtype), local_files_only=True,
+                                  trust_remote_code=bool(spec.trust_remote_code))
+    device_map = device_map if device_map is not None else spec.device_map
+    max_memory = max_memory if max_memory is not None else spec.max_memory
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        if max_memory:
+            kwargs["max_memory"] = {(int(k) if str(k).isdigit() else k): v
+                                    for k, v in max_memory.items()}
+    try:
+        model = factory.from_pretrained(str(resolved.hf_dir), **kwargs)
+    except (OSError, ValueError) as exc:
+        message = " ".join(str(exc).split())[:400]
+        if "trust_remote_code" in message:
+            raise ModelSourceError(f"{resolved.hf_dir} needs its own code: set "
+                                   f"model.trust_remote_code: true in the spec if you trust it "
+                                   f"[{spec.where}]") from None
+        raise ModelSourceError(f"cannot load the model from {resolved.hf_dir}: {message}") from None
+    except RuntimeError as exc:
+        raise BackendCrashed(f"loading the model failed: {' '.join(str(exc).split())[:400]}") from None
+    if device_map is None:
+        model = model.to(device)
+    model.eval()
+    return model
+
+
+def device_placement(model) -> dict[str, str]:
+    """Which module went to which device (from accelerate's hf_device_map), if placed."""
+    placement = getattr(model, "hf_device_map", None) or {}
+    return {str(k): str(v) for k, v in placement.items()}

@@ -1,0 +1,245 @@
+"""The `specengine` command line. Exit codes: 0 pass, 1 a check failed, 2 bad spec /
+usage / golden problem, 3 backend unavailable or crashed.
+
+Heavy libraries are imported only by the commands that run models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import SpecEngineError, UsageError
+
+EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
+
+DEFAULT_SPEC = "specs/smollm2-135m.yaml"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors are exit 2 with one line
+        self.print_usage(sys.stderr)
+        raise SystemExit(f"specengine: error: {message}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="specengine", description="Declarative differential testing of "
+                     "model ports: run YAML specs on backends, record goldens, check candidates.")
+    parser.add_argument("--version", action="version", version=f"specengine {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("validate", help="schema + semantic checks of specs (no model is loaded)")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files or folders")
+
+    p = sub.add_parser("record-golden", help="record goldens on a reference backend")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--backend", help="backend to record on (default: the spec's reference)")
+    p.add_argument("--update", action="store_true", help="re-record an existing golden and "
+                   "show what changed")
+    _golden_dir_arg(p)
+
+    p = sub.add_parser("check", help="check a candidate backend against the goldens")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--backend", required=True, help="candidate backend (cpu, cpu-bf16, cuda, "
+                   "npu, onnx, or one a spec defines)")
+    p.add_argument("--against", metavar="BACKEND", help="compare with this backend live "
+                   "instead of the golden")
+    _golden_dir_arg(p)
+    _report_args(p)
+    _selection_args(p)
+
+    p = sub.add_parser("run", help="the main job: record the reference golden if missing, "
+                       "check the candidate, write reports")
+    p.add_argument("specs", nargs="*", metavar="SPEC", help=f"default: {DEFAULT_SPEC} (the "
+                   "embedded SmolLM2 spec)")
+    p.add_argument("--backend", default="cpu-bf16", help="candidate backend (default cpu-bf16)")
+    p.add_argument("--report-dir", default="reports", help="folder for report.html / .md / "
+                   ".json / .xml (default ./reports)")
+    _golden_dir_arg(p)
+    _selection_args(p)
+
+    p = sub.add_parser("report", help="re-render a results JSON without running anything")
+    p.add_argument("results", metavar="RESULTS.json")
+    _report_args(p)
+
+    sub.add_parser("schema", help="print the spec JSON Schema (for editors)")
+    return parser
+
+
+def _golden_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--golden-dir", type=Path, default=None, help="golden folder (default: "
+                   "$SPECENGINE_GOLDEN_DIR, else ./golden)")
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", type=Path, metavar="PATH", help="write results JSON")
+    p.add_argument("--html", type=Path, metavar="PATH", help="write an HTML report")
+    p.add_argument("--markdown", type=Path, metavar="PATH", help="write a Markdown report")
+    p.add_argument("--junit", type=Path, metavar="PATH", help="write JUnit XML")
+
+
+def _selection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--case", action="append", metavar="ID", help="run only this case (repeatable)")
+    p.add_argument("--tag", action="append", metavar="TAG", help="run only cases with this tag")
+    p.add_argument("-k", dest="expr", metavar="EXPR", help="run cases whose id or tag contains "
+                   "EXPR ('not EXPR' excludes)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failing case")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            return EXIT_USAGE
+        return int(exc.code or 0)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except SpecEngineError as exc:
+        print(f"specengine: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("specengine: interrupted", file=sys.stderr)
+        return 130
+
+
+def _specs(targets: list[str]):
+    from .spec import find_specs, load_spec
+
+    paths = find_specs(targets)
+    if not paths:
+        raise UsageError(f"no spec files in {' '.join(targets)}")
+    return [load_spec(p) for p in paths]
+
+
+def cmd_validate(args) -> int:
+    from .spec import find_specs, load_spec
+
+    paths = find_specs(args.specs)
+    if not paths:
+        raise UsageError(f"no spec files in {' '.join(args.specs)}")
+    bad = 0
+    for path in paths:
+        try:
+            spec = load_spec(path)
+        except SpecEngineError as exc:
+            print(exc.one_line(), file=sys.stderr)
+            bad += 1
+            continue
+        print(f"ok {path} ({spec.name}: {len(spec.cases)} cases)")
+    return EXIT_USAGE if bad else EXIT_PASS
+
+
+def cmd_record(args) -> int:
+    from .golden import default_golden_dir
+    from .run import record_golden
+
+    golden_dir = args.golden_dir or default_golden_dir()
+    for spec in _specs(args.specs):
+        path = record_golden(spec, args.backend or spec.reference, golden_dir, args.update)
+        print(f"recorded {path} ({len(spec.cases)} cases)")
+    return EXIT_PASS
+
+
+def cmd_check(args) -> int:
+    from .golden import default_golden_dir
+    from .run import check_spec, select_cases
+
+    golden_dir = args.golden_dir or default_golden_dir()
+    specs = _specs(args.specs)
+    runs = []
+    for spec in specs:
+        cases = select_cases(spec, args.case, args.tag, args.expr)
+        if not cases:
+            print(f"note: {spec.path}: no case selected", file=sys.stderr)
+            continue
+        run = check_spec(spec, args.backend, golden_dir, args.against, cases, args.fail_fast)
+        runs.append(run)
+        if args.fail_fast and not run.passed:
+            break
+    return _finish(runs, args)
+
+
+def _finish(runs, args) -> int:
+    from .report import render_terminal, write_reports
+
+    if not runs:
+        raise UsageError("no case was selected")
+    print(render_terminal(runs, color=sys.stdout.isatty()))
+    write_reports(runs, json_path=args.json, markdown=args.markdown, html=args.html,
+                  junit=args.junit)
+    for label, path in (("json", args.json), ("markdown", args.markdown), ("html", args.html),
+                        ("junit", args.junit)):
+        if path:
+            print(f"{label} report: {path}")
+    if any(r.status == "error" for r in runs):
+        return EXIT_BACKEND if all(c.status == "error" for r in runs for c in r.cases) else EXIT_FAIL
+    return EXIT_PASS if all(r.passed for r in runs) else EXIT_FAIL
+
+
+def cmd_run(args) -> int:
+    """Record the reference golden where it is missing, check, write every report."""
+    from .golden import default_golden_dir, golden_path
+    from .run import check_spec, record_golden, select_cases
+
+    golden_dir = args.golden_dir or default_golden_dir()
+    specs = _specs(args.specs or [_default_spec()])
+    runs = []
+    for spec in specs:
+        if not golden_path(golden_dir, spec.name, spec.reference).exists():
+            path = record_golden(spec, spec.reference, golden_dir)
+            print(f"recorded {path} on {spec.reference}")
+        cases = select_cases(spec, args.case, args.tag, args.expr)
+        runs.append(check_spec(spec, args.backend, golden_dir, None, cases, args.fail_fast))
+    out = Path(args.report_dir)
+    args.json, args.markdown = out / "report.json", out / "report.md"
+    args.html, args.junit = out / "report.html", out / "report.xml"
+    return _finish(runs, args)
+
+
+def _default_spec() -> str:
+    if Path(DEFAULT_SPEC).is_file():
+        return DEFAULT_SPEC
+    raise UsageError(f"no SPEC given and no {DEFAULT_SPEC} here: run from a specengine "
+                     "checkout or name a spec")
+
+
+def cmd_report(args) -> int:
+    from .report import load_results
+
+    runs = load_results(args.results)
+    if not (args.json or args.html or args.markdown or args.junit):
+        from .report import render_terminal
+
+        print(render_terminal(runs))
+        return EXIT_PASS
+    from .report import render_terminal, write_reports
+
+    print(render_terminal(runs))
+    write_reports(runs, json_path=args.json, markdown=args.markdown, html=args.html,
+                  junit=args.junit)
+    return EXIT_PASS
+
+
+def cmd_schema(args) -> int:
+    import json
+
+    from .spec import schema
+
+    print(json.dumps(schema("spec"), indent=2, ensure_ascii=False))
+    return EXIT_PASS
+
+
+COMMANDS = {"validate": cmd_validate, "record-golden": cmd_record, "check": cmd_check,
+            "run": cmd_run, "report": cmd_report, "schema": cmd_schema}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

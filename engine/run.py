@@ -1,0 +1,302 @@
+"""Running specs: record goldens and check candidates against them (DESIGN §4-5).
+
+This module orchestrates; the judging itself is in `compare` (pure functions) and the
+numbers land in `results` dataclasses.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import compare
+from .errors import BackendCrashed, GoldenError, SpecEngineError
+from .golden import (Golden, build_golden, case_hash, describe_changes, golden_path,
+                     load_golden, step_record, write_golden)
+from .progress import bar
+from .results import ERROR, FAIL, NOT_RUN, PASS, CaseResult, Check, RunResult, Side, TopKRow
+from .session import Session, open_session, reference_source
+from .spec import Case, Spec
+
+
+def select_cases(spec: Spec, ids: list[str] | None = None, tags: list[str] | None = None,
+                 expr: str | None = None) -> list[Case]:
+    """--case ID (exact), --tag T (any), -k EXPR (substring of the id; 'not X' excludes)."""
+    from .errors import UsageError
+
+    cases = list(spec.cases)
+    if ids:
+        unknown = [i for i in ids if i not in {c.id for c in cases}]
+        if unknown:
+            raise UsageError(f"{spec.path}: no case {', '.join(map(repr, unknown))}")
+        cases = [c for c in cases if c.id in ids]
+    if tags:
+        cases = [c for c in cases if set(tags) & set(c.tags)]
+    if expr:
+        cases = [c for c in cases if _match_expr(expr, c)]
+    return cases
+
+
+def _match_expr(expr: str, case: Case) -> bool:
+    words = expr.split()
+    if len(words) == 2 and words[0] == "not":
+        return words[1] not in case.id and words[1] not in case.tags
+    return expr in case.id or expr in case.tags
+
+
+# -- recording ---------------------------------------------------------------------
+
+def record_case(session: Session, case: Case) -> dict:
+    """Run one case on the reference and return its golden record."""
+    ids = session.prompt_ids(case)
+    gen = session.backend.generate([ids], case.max_new_tokens, case.top_k,
+                                   session.tokenizer.stop_ids)[0]
+    _check_finite(gen.topk_logprobs, session, case)
+    return {"hash": case_hash(ids, case.settings(), session.resolved.fingerprint),
+            "prompt": session.prompt_text(case), "prompt_ids": ids,
+            "output_ids": gen.output_ids, "output_text": session.tokenizer.decode(gen.output_ids),
+            "settings": case.settings(),
+            "steps": [step_record(gen.topk_ids[i], gen.topk_logprobs[i], gen.tail_logprob[i])
+                      for i in range(len(gen.output_ids))]}
+
+
+def _check_finite(lp: np.ndarray, session: Session, case: Case) -> None:
+    if np.isnan(lp).any() or np.isposinf(lp).any():
+        raise BackendCrashed(f"backend '{session.config.name}' produced NaN/Inf log-probs on "
+                             f"case '{case.id}'; refusing to record it as a golden")
+
+
+def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool = False,
+                  echo: Callable[[str], None] = print) -> Path:
+    """Record every case of a spec on a backend into golden/<spec>/<backend>.json."""
+    from specengine.backends.registry import config_for
+
+    name = config_for(backend_name, spec.backends).name
+    path = golden_path(golden_dir, spec.name, name)
+    old = None
+    if path.exists():
+        if not update:
+            raise GoldenError(f"a golden already exists at {path}; pass --update to re-record "
+                              "it (the changes are shown)")
+        try:
+            old = load_golden(path, spec.name).data
+        except GoldenError as exc:
+            echo(f"note: replacing an unreadable golden ({exc.one_line()})")
+    session = open_session(spec, name)
+    try:
+        cases = {case.id: record_case(session, case)
+                 for case in bar(spec.cases, f"record {spec.name} on {name}", len(spec.cases))}
+        side = session.side()
+    finally:
+        session.close()
+    env = {k: v for k, v in side.__dict__.items()
+           if k not in ("model_fingerprint", "model_source")}
+    data = build_golden(spec.name, name, session.resolved.fingerprint, session.resolved.origin,
+                        env, cases)
+    if old is not None:
+        echo(f"changes in {path}:")
+        for line in describe_changes(old, data):
+            echo(line)
+    write_golden(path, data)
+    return path
+
+
+# -- checking ----------------------------------------------------------------------
+
+def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
+               against: str | None = None, cases: list[Case] | None = None,
+               fail_fast: bool = False) -> RunResult:
+    """Check a candidate backend against the golden (or a live reference backend)."""
+    from specengine.backends.registry import config_for
+
+    started = time.perf_counter()
+    cases = list(spec.cases if cases is None else cases)
+    cand_name = config_for(backend_name, spec.backends).name
+    if against:
+        ref_name = config_for(against, spec.backends).name
+        golden, ref_side = _live_reference(spec, ref_name, cases)
+        ref_kind = "live"
+    else:
+        ref_name = spec.reference
+        golden = load_golden(golden_path(golden_dir, spec.name, ref_name), spec.name)
+        _check_staleness(spec, golden, ref_name, cases)
+        ref_side, ref_kind = _golden_side(golden), "golden"
+    session = open_session(spec, cand_name)
+    try:
+        cand_side = session.side()
+        run = RunResult(spec_name=spec.name, spec_path=str(spec.path), command="check",
+                        candidate=cand_side, reference=ref_side,
+                        comparison=comparison_label(cand_side, ref_side),
+                        reference_kind=ref_kind)
+        if run.comparison == "self-check":
+            run.notes.append("self-check: both sides ran on the same runtime, device and dtype; "
+                             "this is not a cross-backend comparison")
+        if session.model_override:
+            run.notes.append(f"candidate '{cand_name}' runs its own model: {session.resolved.origin}")
+        for case in bar(cases, f"check {spec.name} on {cand_name}", len(cases)):
+            result = check_case(session, case, golden)
+            run.cases.append(result)
+            if fail_fast and result.status != PASS:
+                run.notes.append("stopped at the first failing case (--fail-fast)")
+                break
+        run.candidate = session.side()
+    finally:
+        session.close()
+    run.finish()
+    run.duration_s = time.perf_counter() - started
+    return run
+
+
+def comparison_label(a: Side, b: Side) -> str:
+    same = (a.runtime, a.device.split(":")[0], a.dtype) == (b.runtime, b.device.split(":")[0], b.dtype)
+    return "self-check" if same else "cross-backend"
+
+
+def _golden_side(golden: Golden) -> Side:
+    env = dict(golden.data.get("recorded_with", {}))
+    allowed = set(Side.__dataclass_fields__)
+    side = Side(**{k: v for k, v in env.items() if k in allowed})
+    side.model_fingerprint = golden.data["model"]["fingerprint"]
+    side.model_source = golden.data["model"]["source"]
+    return side
+
+
+def _check_staleness(spec: Spec, golden: Golden, ref_name: str, cases: list[Case]) -> None:
+    from .session import tokenizer_for
+
+    resolved = reference_source(spec, ref_name)
+    if resolved.fingerprint != golden.data["model"]["fingerprint"]:
+        raise GoldenError(f"golden {golden.path} was recorded from another model "
+                          f"({golden.data['model']['fingerprint'][:23]}…, now "
+                          f"{resolved.fingerprint[:23]}…); re-record it with --update")
+    tokenizer = tokenizer_for(spec)
+    for case in cases:
+        if case.id not in golden.cases:
+            raise GoldenError(f"case '{case.id}' ({spec.path}:{case.line}) has no golden in "
+                              f"{golden.path}; re-record with --update")
+        ids = (tokenizer.encode(case.prompt) if case.prompt is not None
+               else tokenizer.encode_chat(case.messages, case.chat_template_kwargs))
+        if case_hash(ids, case.settings(), resolved.fingerprint) != golden.cases[case.id]["hash"]:
+            raise GoldenError(f"golden for case '{case.id}' ({spec.path}:{case.line}) is stale: "
+                              "its prompt or generation settings changed since it was recorded; "
+                              "re-record with `specengine record-golden --update`")
+
+
+def _live_reference(spec: Spec, ref_name: str, cases: list[Case]) -> tuple[Golden, Side]:
+    session = open_session(spec, ref_name)
+    try:
+        records = {case.id: record_case(session, case)
+                   for case in bar(cases, f"reference {spec.name} on {ref_name}", len(cases))}
+        side = session.side()
+    finally:
+        session.close()
+    data = build_golden(spec.name, ref_name, session.resolved.fingerprint,
+                        session.resolved.origin, {}, records)
+    return Golden(Path(f"<live {ref_name}>"), data), side
+
+
+def check_case(session: Session, case: Case, golden: Golden) -> CaseResult:
+    """All checks of one case; an exception becomes an `error` case, not a lost run."""
+    start = time.perf_counter()
+    record = golden.cases[case.id]
+    result = CaseResult(id=case.id, status=PASS, line=case.line, tags=list(case.tags),
+                        prompt=record["prompt"], golden_text=record["output_text"],
+                        golden_ids=list(record["output_ids"]))
+    tok = session.tokenizer
+    result.golden_tokens = tok.token_strings(record["output_ids"])
+    try:
+        _run_checks(session, case, golden, record, result)
+    except BackendCrashed as exc:
+        if "out of memory" in str(exc).lower():
+            raise
+        result.error = exc.one_line()
+    except SpecEngineError:
+        raise
+    except Exception as exc:  # one broken case must not lose the others' results
+        result.error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    statuses = {c.status for c in result.checks}
+    result.status = ERROR if result.error or ERROR in statuses else FAIL if FAIL in statuses else PASS
+    result.duration_s = time.perf_counter() - start
+    return result
+
+
+def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
+                result: CaseResult) -> None:
+    backend, tok, tol = session.backend, session.tokenizer, case.tolerance
+    prompt_ids = list(record["prompt_ids"])
+    g_ids, g_lp, g_tail = golden.arrays(case.id)
+    gen = backend.generate([prompt_ids], case.max_new_tokens, case.top_k, tok.stop_ids)[0]
+    result.candidate_ids = list(gen.output_ids)
+    result.candidate_text = tok.decode(gen.output_ids)
+    result.candidate_tokens = tok.token_strings(gen.output_ids)
+
+    nonfinite = bool(np.isnan(gen.topk_logprobs).any() or np.isposinf(gen.topk_logprobs).any())
+    if nonfinite:
+        result.checks.append(Check("finite", FAIL, "candidate logits contain NaN or Inf"))
+
+    # 1. expectations and the free-running comparison
+    first_lp = float(gen.topk_logprobs[0][0]) if len(gen.output_ids) else None
+    for exp in compare.expectations(case.expect, result.candidate_text, gen.output_ids, first_lp):
+        result.checks.append(Check(f"expect.{exp.name}", PASS if exp.passed else FAIL, exp.detail))
+    div = compare.first_divergence(record["output_ids"], gen.output_ids, g_ids, g_lp, tol)
+    result.divergence_step = div.step
+    result.checks.append(Check(
+        "divergence", PASS if div.passed else FAIL,
+        div.reason or "identical greedy tokens",
+        {"step": div.step, "rank_in_golden": div.rank_in_golden, "margin": div.margin,
+         "golden_id": div.golden_id, "candidate_id": div.candidate_id}))
+
+    # 2. teacher-forced on the golden's sequence
+    if len(record["output_ids"]):
+        scores = backend.score(prompt_ids, record["output_ids"], g_ids, case.top_k)
+        tf = compare.teacher_forced(g_ids, g_lp, g_tail, scores.gathered_logprobs,
+                                    scores.gathered_tail, scores.top_ids[:, 0], tol)
+        result.checks.append(Check(
+            "teacher-forced", PASS if tf.passed else FAIL,
+            "; ".join(tf.failures) or "within tolerance",
+            {"kl_mean": tf.kl_mean, "kl_max": tf.kl_max, "top1_agreement": tf.top1_agreement,
+             "max_abs_dlogprob": tf.max_abs_dlogprob, "max_abs_dp": tf.max_abs_dp,
+             "positions": len(tf.kl), "tolerance": tol.as_dict()}))
+        result.per_position = {"kl": tf.kl, "abs_dlogprob": tf.abs_dlogprob}
+        result.worst_position = tf.worst_position
+        result.worst_topk = _topk_rows(tok, g_ids[tf.worst_position], g_lp[tf.worst_position],
+                                       scores.gathered_logprobs[tf.worst_position])
+    else:
+        result.checks.append(Check("teacher-forced", NOT_RUN, "the golden has no generated tokens"))
+
+    # 3. determinism: repeats of the same case
+    det = case.determinism
+    if det.runs > 1:
+        reps = []
+        for run_no in range(2, det.runs + 1):
+            again = backend.generate([prompt_ids], case.max_new_tokens, case.top_k, tok.stop_ids)[0]
+            reps.append(compare.repeatability(gen.output_ids, gen.topk_logprobs, again.output_ids,
+                                              again.topk_logprobs, det.atol, f"run {run_no}",
+                                              det.runs))
+        failing = [r for r in reps if not r.passed]
+        worst = failing[0] if failing else max(reps, key=lambda r: r.max_abs_dlogprob)
+        message = (f"{det.runs} runs identical within atol {det.atol:g}" if worst.passed else
+                   f"{worst.where} differs from run 1 at step {worst.first_diff_step} (tokens "
+                   f"identical: {worst.identical_tokens}, max |Δ logprob| "
+                   f"{worst.max_abs_dlogprob:.3g}, atol {det.atol:g})")
+        result.checks.append(Check(
+            "determinism", PASS if worst.passed else FAIL, message,
+            {"runs": det.runs, "identical_tokens": worst.identical_tokens,
+             "max_abs_dlogprob": worst.max_abs_dlogprob, "atol": det.atol}))
+
+
+def _topk_rows(tok, ids: np.ndarray, golden_lp: np.ndarray, cand_lp: np.ndarray) -> list[TopKRow]:
+    names = tok.token_strings([int(i) for i in ids])
+    rows = []
+    for name, tid, g, c in zip(names, ids, golden_lp, cand_lp):
+        gp, cp = float(np.exp(g)), float(np.exp(c))
+        rows.append(TopKRow(token=name, id=int(tid), golden_p=gp, candidate_p=cp, delta=cp - gp))
+    return rows
+
+
+def eprint(*args) -> None:
+    print(*args, file=sys.stderr)

