@@ -39,7 +39,8 @@ def tf_check(kl_mean: float, kl_max: float, top1: float, dlp: float, ok: bool,
              message: str = "") -> Check:
     return Check("teacher-forced", "pass" if ok else "fail", message or "within tolerance",
                  {"kl_mean": kl_mean, "kl_max": kl_max, "top1_agreement": top1,
-                  "max_abs_dlogprob": dlp, "worst_position": 2})
+                  "max_abs_dlogprob": dlp, "positions": 4,
+                  "tolerance": {"kl_mean_max": 0.01, "kl_max": 0.05, "logprob_atol": 0.5}})
 
 
 def passing_case(cid: str, prompt: str = "The capital of France is") -> CaseResult:
@@ -137,7 +138,7 @@ def runs() -> list[RunResult]:
 
 def test_terminal_summary(runs):
     out = render_terminal(runs)
-    assert out.rstrip().endswith("4 passed, 1 failed, 1 errors")
+    assert out.endswith("\n4 passed, 1 failed, 1 errors")
     assert "cpu-bf16 vs cpu (golden)" in out and "[cross-backend]" in out
     assert SELF_CHECK_TEXT in out
     row = next(line for line in out.splitlines() if line.strip().startswith("add "))
@@ -198,7 +199,10 @@ def test_html_content(runs):
     assert "TTFT (ms)" in html and "610" in html
     assert "candidate model overridden" in html
     # summary matrix links to the case sections
-    assert 'href="#run1-case1"' in html and 'id="run1-case1"' in html
+    anchors = re.findall(r'id="(run\d+-case\d+)"', html)
+    assert anchors == ["run0-case0", "run0-case1", "run1-case0", "run1-case1", "run1-case2",
+                       "run2-case0"]
+    assert all(f'href="#{a}"' in html for a in anchors)
 
 
 def test_html_charts_are_inline_svg(runs):
@@ -212,6 +216,17 @@ def test_html_charts_are_inline_svg(runs):
     assert sum(1 for t, _ in parser.tags if t == "polyline") >= 10
     assert sum(1 for t, a in parser.tags if t == "line" and a.get("class") == "divergence") == 1
     assert sum(1 for t, a in parser.tags if t == "path" and a.get("class") == "inf") == 1
+    # tolerances drawn where they fall inside the plotted range (only the failing case)
+    assert sum(1 for t, a in parser.tags if t == "line" and a.get("class") == "limit") == 2
+    assert "limit 0.05" in html
+
+
+def test_html_marks_the_metrics_that_broke_their_limit(runs):
+    html = render_html(runs)
+    failing = html[html.index('id="run1-case1"'):html.index('id="run1-case2"')]
+    assert failing.count('class="tile bad"') == 3        # KL mean, KL max, divergence
+    passing = html[html.index('id="run1-case0"'):html.index('id="run1-case1"')]
+    assert 'class="tile bad"' not in passing
 
 
 def test_html_self_check_never_looks_cross_backend():

@@ -14,7 +14,7 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from ..results import CaseResult
-from .model import PerfView
+from .model import PerfView, tolerance
 from .text import fmt, is_number, truncate, visible
 
 WIDTH = 680
@@ -106,6 +106,16 @@ def _series(values: list[Any], panel: Panel, color: str, name: str) -> list[str]
     return out
 
 
+def _limit(limit: Any, panel: Panel) -> list[str]:
+    """A tolerance as a horizontal line, when it falls inside the panel's range."""
+    if not is_number(limit) or not 0 < limit <= panel.ymax:
+        return []
+    y = panel.y(limit)
+    return [f'<line class="limit" stroke="#b91c1c" stroke-dasharray="2 3" x1="{LEFT}" '
+            f'y1="{y:.1f}" x2="{WIDTH - RIGHT}" y2="{y:.1f}"><title>limit {escape(fmt(limit))}'
+            f'</title></line>']
+
+
 def _x_axis(n: int, bottom: float) -> list[str]:
     every = max(1, math.ceil(n / 12))
     out = [f'<line class="axis" stroke="#9aa5b1" x1="{LEFT}" y1="{bottom:.1f}" x2="{WIDTH - RIGHT}" y2="{bottom:.1f}"/>']
@@ -127,19 +137,23 @@ def _marker(step: int | None, n: int, top: float, bottom: float, cls: str, label
 def position_chart(case: CaseResult) -> Markup:
     """Two stacked panels sharing the position axis: KL(G‖C) and max |Δ logprob| per
     generated position, the first divergence as a dashed line. Empty when no data."""
-    series = [("KL(G‖C)", list(case.per_position.get("kl") or []), PALETTE[0]),
-              ("max |Δ logprob|", list(case.per_position.get("abs_dlogprob") or []), PALETTE[1])]
+    tol = tolerance(case)
+    series = [("KL(G‖C)", list(case.per_position.get("kl") or []), PALETTE[0], tol.get("kl_max")),
+              ("max |Δ logprob|", list(case.per_position.get("abs_dlogprob") or []), PALETTE[1],
+               tol.get("logprob_atol"))]
     series = [s for s in series if s[1]]
     if not series:
         return Markup("")
-    n = max(len(values) for _, values, _ in series)
+    n = max(len(s[1]) for s in series)
     height = len(series) * (TITLE_H + PANEL_H) + AXIS_H + 8
     parts = []
-    for idx, (name, values, color) in enumerate(series):
+    for idx, (name, values, color, limit) in enumerate(series):
         finite = [v for v in (_value(x) for x in values) if v is not None and math.isfinite(v)]
         panel = Panel(top=idx * (TITLE_H + PANEL_H) + TITLE_H, height=PANEL_H,
                       ymax=nice_ceiling(max(finite, default=0.0)))
-        parts += _y_axis(panel, f"{name} per position")
+        title = f"{name} per position" + (f" · limit {fmt(limit)}" if is_number(limit) else "")
+        parts += _y_axis(panel, title)
+        parts += _limit(limit, panel)
         parts += _series(values, panel, color, name)
         if idx == 0 and case.worst_position is not None and 0 <= case.worst_position < n:
             parts += _marker(case.worst_position, n, panel.top, panel.top + panel.height,

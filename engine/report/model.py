@@ -105,9 +105,9 @@ def _finite_values(values: Any) -> list[float]:
 
 
 def case_metrics(case: CaseResult) -> CaseMetrics:
-    """Headline metrics of a case: from its checks' metrics (teacher-forced first),
-    falling back on the per-position series for KL and |Δ logprob|."""
-    checks = sorted(case.checks, key=lambda c: c.name not in PREFERRED_CHECKS)
+    """Headline metrics of a case: from its teacher-forced check's metrics, falling back
+    on the per-position series for KL and |Δ logprob|."""
+    checks = [c for c in case.checks if c.name in PREFERRED_CHECKS]
     found: dict[str, Any] = {}
     for attr, keys in METRIC_KEYS.items():
         for check in checks:
@@ -127,6 +127,30 @@ def case_metrics(case: CaseResult) -> CaseMetrics:
     return CaseMetrics(divergence=case.divergence_step,
                        divergence_ok=None if div_check is None else div_check.status not in BAD,
                        **found)
+
+
+def teacher_forced(case: CaseResult):
+    return next((c for c in case.checks if c.name in PREFERRED_CHECKS), None)
+
+
+# which headline metric a teacher-forced failure message is about (compare.teacher_forced)
+_MESSAGE_METRIC = (("KL mean", "kl_mean"), ("KL max", "kl_max"), ("top-1", "top1"),
+                   ("logprob", "dlogprob"))
+
+
+def bad_metrics(case: CaseResult) -> set[str]:
+    """Headline metrics (CaseMetrics field names) that broke their tolerance."""
+    check = teacher_forced(case)
+    if check is None or check.status not in BAD:
+        return set()
+    return {attr for text, attr in _MESSAGE_METRIC if text in check.message}
+
+
+def tolerance(case: CaseResult) -> dict[str, Any]:
+    """The tolerance the teacher-forced check applied, when it recorded one."""
+    check = teacher_forced(case)
+    tol = check.metrics.get("tolerance") if check is not None else None
+    return tol if isinstance(tol, dict) else {}
 
 
 def failing_checks(case: CaseResult) -> list:

@@ -57,7 +57,7 @@ def environment() -> Environment:
     env.globals.update(
         case_metrics=model.case_metrics, env_rows=model.env_rows, perf_view=model.perf_view,
         run_status=model.run_status, run_title=model.run_title,
-        failing_checks=model.failing_checks, divergence_tokens=model.divergence_tokens,
+        failing_checks=model.failing_checks, bad_metrics=model.bad_metrics, divergence_tokens=model.divergence_tokens,
         tokens=model.tokens, case_anchor=model.case_anchor, position_chart=position_chart,
         perf_chart=perf_chart, bar_px=bar_px, md_marked=md_marked, SELF_CHECK=model.SELF_CHECK,
         SELF_CHECK_TEXT=model.SELF_CHECK_TEXT, version=__version__)

@@ -93,7 +93,7 @@ def _perf_lines(run: RunResult, color: bool) -> list[str]:
 
 
 def render_terminal(runs: list[RunResult], color: bool = False) -> str:
-    """The compact summary printed after every command."""
+    """The compact summary printed after every command (no trailing newline)."""
     lines: list[str] = []
     for run in runs:
         lines += _run_block(run, color)
@@ -101,4 +101,4 @@ def render_terminal(runs: list[RunResult], color: bool = False) -> str:
     total = counts(runs)
     verdict = overall_status(runs)
     lines.append(_paint(total.line(), verdict if verdict != "not-run" else "warn", color))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)

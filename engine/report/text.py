@@ -98,13 +98,19 @@ def short_hash(value: str, length: int = 12) -> str:
 
 
 def metrics_text(metrics: dict) -> str:
-    """`key=value` pairs of a check's metrics, scalars only, on one line."""
+    """`key=value` pairs of a check's metrics on one line, keys sorted; nested dicts as
+    `key={a=1, b=2}`, lists shortened."""
     parts = []
-    for key in sorted(metrics):
+    for key in sorted(metrics, key=str):
         value = metrics[key]
-        if isinstance(value, (dict, list, tuple)):
-            value = truncate(one_line(value), 60)
-        parts.append(f"{one_line(key)}={fmt(value)}")
+        if isinstance(value, dict):
+            text = "{" + metrics_text(value) + "}"
+        elif isinstance(value, (list, tuple)):
+            shown = ", ".join(fmt(v) for v in value[:8])
+            text = f"[{shown}{', …' if len(value) > 8 else ''}]"
+        else:
+            text = fmt(value)
+        parts.append(f"{one_line(key)}={text}")
     return ", ".join(parts)
 
 
