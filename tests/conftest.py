@@ -1,0 +1,21 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("SPECENGINE_PROGRESS", "0")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from helpers import SMOLLM2_SPEC  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The converted SmolLM2 HF folder (converted once into the cache folder)."""
+    from specengine.sources import resolve
+    from specengine.spec import load_spec
+
+    return resolve(load_spec(SMOLLM2_SPEC).model).hf_dir

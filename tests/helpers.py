@@ -1,0 +1,89 @@
+"""Shared test helpers: run the CLI in a subprocess, write specs, perturb model copies."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SMOLLM2_SPEC = REPO / "specs" / "smollm2-135m.yaml"
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+def cli(*args, cwd: Path | None = None, env: dict | None = None, timeout: float = 1200) -> Result:
+    """`python -m specengine ARGS` in a subprocess, as a user would run it."""
+    full_env = dict(os.environ)
+    full_env.setdefault("SPECENGINE_PROGRESS", "0")
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "specengine", *map(str, args)], cwd=cwd,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_clean_error(result: Result, code: int) -> str:
+    """The command failed with `code`, one line on stderr, no traceback."""
+    assert result.rc == code, (result.rc, result.out, result.err)
+    assert "Traceback" not in result.text, result.text
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1, result.err
+    return lines[0]
+
+
+def write_spec(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def copy_model(src: Path, dst: Path) -> Path:
+    """A copy of a HF model folder (weights hard-linked where possible, so edits must
+    replace files rather than write into them)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in Path(src).iterdir():
+        if item.is_file():
+            try:
+                os.link(item, dst / item.name)
+            except OSError:
+                shutil.copy2(item, dst / item.name)
+    return dst
+
+
+def perturb_model(src: Path, dst: Path, edit) -> Path:
+    """Copy a model folder and rewrite its safetensors with `edit(state_dict)` applied."""
+    from safetensors.torch import load_file, save_file
+
+    copy_model(src, dst)
+    for weights in sorted(dst.glob("*.safetensors")):
+        tensors = load_file(str(weights))
+        edit(tensors)
+        weights.unlink()          # break the hard link before writing
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+    return dst
+
+
+def flip_o_proj(layer: int):
+    """Edit: sign-flip one decoder layer's attention output projection."""
+    def edit(tensors):
+        key = f"model.layers.{layer}.self_attn.o_proj.weight"
+        assert key in tensors, sorted(tensors)[:5]
+        tensors[key] = -tensors[key]
+    return edit
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text("utf-8"))
