@@ -24,6 +24,12 @@ def load_torch_model(resolved, dtype: str = "float32", device: str = "cpu",
 
     offline()
     from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from specengine.progress import enabled
+
+    if not enabled():
+        hf_logging.disable_progress_bar()
 
     spec = resolved.spec
     factory = AutoModel if spec.kind == "embedding" else AutoModelForCausalLM

@@ -243,6 +243,7 @@ def _build(located: Located, file: Path, base_dir: Path) -> Spec:
     base_new = defaults.get("max_new_tokens", 16)
     base_k = defaults.get("top_k", 10)
     base_kwargs = defaults.get("chat_template_kwargs", {})
+    _check_tolerance(located, ("defaults",), tol, base_k)
     for i, entry in enumerate(data["cases"]):
         cid = entry["id"]
         if cid in seen:
@@ -267,7 +268,6 @@ def _build(located: Located, file: Path, base_dir: Path) -> Spec:
             chat_template_kwargs={**base_kwargs, **entry.get("chat_template_kwargs", {})},
             line=located.where(("cases", i))[0],
         ))
-    _check_tolerance(located, ("defaults",), tol, base_k)
 
     return Spec(path=file, name=data["name"], description=data.get("description", ""),
                 model=model, reference=reference, backends=backends,
