@@ -31,6 +31,9 @@ RUNTIMES = {
     ("torch", None): "specengine.backends.torch_backend:TorchBackend",
     ("onnx", None): "specengine.backends.onnx_backend:OnnxBackend",
     ("openai", None): "specengine.backends.openai_backend:OpenAIBackend",
+    # test only: the torch runtime slowed on purpose (tests/slow_backend.py; importable
+    # when tests/ is on sys.path, as under pytest)
+    ("test-slow", None): "slow_backend:SlowTorchBackend",
 }
 
 

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", help="backend to record on (default: the spec's reference)")
     p.add_argument("--update", action="store_true", help="re-record an existing golden and "
                    "show what changed")
+    p.add_argument("--perf", action="store_true", help="record the perf golden instead of the "
+                   "output golden: the spec's perf: measurement on --backend, stored for its "
+                   "device class (backend + device name + dtype) under GOLDEN_DIR/SPEC/perf/")
     _golden_dir_arg(p)
 
     p = sub.add_parser("check", help="check a candidate backend against the goldens")
@@ -46,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "npu, onnx, or one a spec defines)")
     p.add_argument("--against", metavar="BACKEND", help="compare with this backend live "
                    "instead of the golden")
+    p.add_argument("--perf", action="store_true", help="also measure performance (the spec's "
+                   "perf: section, or its defaults) and judge budgets and the perf golden; "
+                   "without it no perf is measured, so plain checks stay fast")
     _golden_dir_arg(p)
     _report_args(p)
     _selection_args(p)
@@ -143,6 +149,12 @@ def cmd_record(args) -> int:
 
     golden_dir = args.golden_dir or default_golden_dir()
     for spec in _specs(args.specs):
+        if args.perf:
+            from .perf import record_perf_golden
+
+            path = record_perf_golden(spec, args.backend or spec.reference, golden_dir, args.update)
+            print(f"recorded perf golden {path}")
+            continue
         path = record_golden(spec, args.backend or spec.reference, golden_dir, args.update)
         print(f"recorded {path} ({len(spec.cases)} cases)")
     return EXIT_PASS
@@ -160,7 +172,8 @@ def cmd_check(args) -> int:
         if not cases:
             print(f"note: {spec.path}: no case selected", file=sys.stderr)
             continue
-        run = check_spec(spec, args.backend, golden_dir, args.against, cases, args.fail_fast)
+        run = check_spec(spec, args.backend, golden_dir, args.against, cases, args.fail_fast,
+                         perf=args.perf)
         runs.append(run)
         if args.fail_fast and not run.passed:
             break

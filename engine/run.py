@@ -109,8 +109,12 @@ def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool 
 
 def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
                against: str | None = None, cases: list[Case] | None = None,
-               fail_fast: bool = False) -> RunResult:
-    """Check a candidate backend against the golden (or a live reference backend)."""
+               fail_fast: bool = False, perf: bool = False) -> RunResult:
+    """Check a candidate backend against the golden (or a live reference backend).
+
+    With `perf`, the candidate is then measured (engine/perf.py) in the same session and
+    judged against the spec's budgets and its perf golden; the result is `run.perf`.
+    """
     from specengine.backends.registry import config_for
 
     started = time.perf_counter()
@@ -143,12 +147,29 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
             if fail_fast and result.status != PASS:
                 run.notes.append("stopped at the first failing case (--fail-fast)")
                 break
+        if perf:
+            run.perf = _measure_perf(session, spec, golden_dir)
         run.candidate = session.side()
     finally:
         session.close()
     run.finish()
+    if run.perf and run.perf.get("status") == ERROR:
+        run.status = ERROR
     run.duration_s = time.perf_counter() - started
     return run
+
+
+def _measure_perf(session: Session, spec: Spec, golden_dir: Path | None) -> dict:
+    """Perf section of a check; a crash while measuring is an `error` perf section."""
+    from .perf import check_perf
+
+    try:
+        return check_perf(session, spec, golden_dir)
+    except SpecEngineError:
+        raise
+    except Exception as exc:
+        return {"status": ERROR, "failures": [
+            f"perf measurement failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"]}
 
 
 def comparison_label(a: Side, b: Side) -> str:
@@ -287,6 +308,12 @@ def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
             "determinism", PASS if worst.passed else FAIL, message,
             {"runs": det.runs, "identical_tokens": worst.identical_tokens,
              "max_abs_dlogprob": worst.max_abs_dlogprob, "atol": det.atol}))
+
+    # 4. batch invariance: the case alone (above) vs inside batches of other cases
+    if any(size > 1 for size in det.batch_sizes):
+        from .batch import batch_invariance_check
+
+        result.checks.append(batch_invariance_check(session, case, prompt_ids, gen))
 
 
 def _topk_rows(tok, ids: np.ndarray, golden_lp: np.ndarray, cand_lp: np.ndarray) -> list[TopKRow]:

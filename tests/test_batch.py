@@ -59,8 +59,15 @@ def test_token_divergence_is_located_with_both_tokens():
     assert not result.passed and result.first_failure is d2
     assert (d2.first_diff_step, d2.alone_token, d2.batched_token) == (2, 7, 9)
     text = describe(result, {}, lambda i: f"tok{i}")
-    assert "batch 4 (row 0, with b, c, b):" in text and "step 2" in text
-    assert "alone tok7, in batch tok9" in text
+    assert "batch 4 (row 0, with b, c, b): token differs at step 2: alone tok7, in batch tok9" in text
+    # log-probs drifting before the tokens part: both steps are named
+    c = a.copy()
+    c[0, 1] -= 0.3
+    d4 = compare_in_batch([5, 6, 7], a, [5, 6, 9], c, 1e-4, 2, ["b"])
+    assert (d4.first_diff_step, d4.token_diff_step) == (0, 2)
+    text = describe(judge([d4], 1e-4), {}, lambda i: f"tok{i}")
+    assert "log-probs differ from step 0 (max |Δ logprob| 0.3 > atol 0.0001), then the " \
+           "tokens at step 2: alone tok7, in batch tok9" in text
     # one side stopping early is a token difference too
     d3 = compare_in_batch([5, 6], a[:2], [5, 6, 7], a, 1e-4, 2)
     assert not d3.passed and d3.first_diff_step == 2 and d3.alone_token is None

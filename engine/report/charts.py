@@ -209,3 +209,27 @@ def perf_chart(view: PerfView | None) -> Markup:
         parts.append(_text(lx + 14, ly, truncate(backend, 18), "legend"))
     height = bottom + AXIS_H + 4
     return _svg(height, "Tokens per second against batch size", "perf-chart", parts)
+
+
+def perf_mermaid(view: PerfView | None) -> Markup:
+    """Tokens/s against batch size as a Mermaid xychart (rendered by GitHub and GitLab
+    Markdown), one line per backend; empty without a number to plot."""
+    if view is None:
+        return Markup("")
+    by_backend: dict[str, dict[Any, float]] = {}
+    for row in view.rows:
+        if is_number(row.batch_size) and is_number(row.tokens_per_s) and math.isfinite(row.tokens_per_s):
+            by_backend.setdefault(row.backend or "?", {})[row.batch_size] = float(row.tokens_per_s)
+    if not by_backend:
+        return Markup("")
+    sizes = sorted({b for pts in by_backend.values() for b in pts})
+    names = ", ".join("".join(ch for ch in name if ch.isalnum() or ch in " ._-")[:30]
+                      for name in sorted(by_backend))
+    lines = ["```mermaid", "xychart-beta",
+             f'    title "tokens/s by batch size ({names})"',
+             f"    x-axis \"batch size\" [{', '.join(str(int(b)) for b in sizes)}]",
+             '    y-axis "tokens/s"']
+    for _, pts in sorted(by_backend.items()):
+        lines.append(f"    line [{', '.join(f'{pts.get(b, 0.0):.4g}' for b in sizes)}]")
+    lines.append("```")
+    return Markup("\n".join(lines) + "\n")

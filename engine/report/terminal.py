@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..results import ERROR, FAIL, PASS, RunResult
 from .model import (SELF_CHECK, SELF_CHECK_TEXT, case_metrics, counts, failing_checks,
                     overall_status, perf_view, run_status, run_title)
-from .text import fmt, fmt_ratio, one_line, truncate
+from .text import fmt, fmt_ratio, is_number, one_line, truncate
 
 _COLORS = {PASS: "32", FAIL: "31", ERROR: "35", "warn": "33", "dim": "2", "bold": "1"}
 MESSAGE_WIDTH = 200
@@ -78,16 +78,25 @@ def _perf_lines(run: RunResult, color: bool) -> list[str]:
     view = perf_view(run.perf)
     if view is None:
         return []
-    parts = []
-    for row in view.rows:
-        bits = [f"batch {fmt(row.batch_size)}"]
+    status = view.status or "measured"
+    lines = ["  perf " + _paint(status, status, color)]
+    for row in view.rows:  # one line per batch size, with percentiles
+        bits = [f"{row.backend} batch {fmt(row.batch_size)}:"]
+        for label, pcts in (("TTFT", row.ttft), ("TPOT", row.tpot)):
+            if pcts:
+                keys = [k for k in ("p50", "p90", "p99") if k in pcts]
+                bits.append(f"{label} {'/'.join(keys)} {'/'.join(fmt(pcts[k]) for k in keys)} ms")
         if row.tokens_per_s is not None:
             bits.append(f"{fmt(row.tokens_per_s)} tok/s")
-        if row.ttft.get("p50") is not None:
-            bits.append(f"TTFT p50 {fmt(row.ttft['p50'])} ms")
-        parts.append(" ".join(bits))
-    status = view.status or "measured"
-    lines = ["  perf " + _paint(status, status, color) + (": " + "; ".join(parts) if parts else "")]
+        if row.peak_mem_gib is not None:
+            bits.append(f"peak {fmt(row.peak_mem_gib)} GiB")
+        lines.append("      " + bits[0] + " " + "  ".join(bits[1:]))
+    extras = dict(view.extras)
+    about = [f"load {fmt(extras['load_s'])} s"] if is_number(extras.get("load_s")) else []
+    if extras.get("relative_gate"):
+        about.append(f"relative gate: {extras['relative_gate']}")
+    if about:
+        lines.append("      " + truncate(one_line("; ".join(about)), MESSAGE_WIDTH))
     lines += [f"      ✗ {truncate(one_line(m), MESSAGE_WIDTH)}" for m in view.messages]
     return lines
 
