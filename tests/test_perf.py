@@ -205,7 +205,7 @@ perf:
   batch_sizes: [1]
   prompt_tokens: 12
   new_tokens: 6
-  regression_max: 0.5
+  regression_max: 1.0
   budgets:
     strict: {{ttft_ms: {{p50: 0.001}}, tokens_per_s: {{min: 1.0e9}}}}
     lax: {{ttft_ms: {{p50: 60000, p99: 60000}}, tpot_ms: {{p50: 60000}}, tokens_per_s: {{min: 0.01}},
@@ -275,6 +275,9 @@ def test_impossible_budget_fails_and_lax_budget_passes(env):
 
 
 def test_relative_gate_catches_a_slowed_backend(env):
+    """`steady` sleeps 20 ms per forward step, so its timings are dominated by the sleep
+    and stay stable on a loaded machine; regression_max 1.0 leaves room for a load spike,
+    while 200 ms per step is ~7x slower."""
     golden = env / "golden"
     spec = env / "spec.yaml"
     rc, text = cli("record-golden", spec, "--backend", "steady", "--perf", "--golden-dir", golden)
@@ -294,9 +297,9 @@ def test_relative_gate_catches_a_slowed_backend(env):
     perf = json.loads((env / "steady.json").read_text())["runs"][0]["perf"]
     assert perf["status"] == "pass" and perf["relative_gate"].startswith("pass")
 
-    # the same backend name and device class, now sleeping 6x longer per step: fails
+    # the same backend name and device class, now sleeping 10x longer per step: fails
     (env / "slowed").mkdir()
-    slowed = write(env / "slowed" / "spec.yaml", sleep_ms=120)
+    slowed = write(env / "slowed" / "spec.yaml", sleep_ms=200)
     rc, text = cli("check", slowed, "--backend", "steady", "--golden-dir", golden, "--perf",
                    "--json", env / "slowed.json")
     assert rc == 1, text
