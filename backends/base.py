@@ -22,14 +22,27 @@ class Generation:
     `topk_ids[i]` / `topk_logprobs[i]` are the backend's own top-k at generated step i
     (the distribution the i-th output token was picked from); `tail_logprob[i]` is the
     log of the probability mass outside those k ids.
+
+    A runtime that cannot see log-probs (a served model whose API returns none) leaves
+    the three arrays None: checks that need them are then reported `not-run`, never
+    passed. `text` is the continuation as the runtime returned it; `ids_from_text` says
+    the ids were re-tokenized from that text (the server returned no token ids) and
+    `stopped` whether the runtime ended at a stop token (appended to `output_ids`).
     """
 
     prompt_ids: list[int]
     output_ids: list[int]
-    topk_ids: np.ndarray        # (steps, k) int64
-    topk_logprobs: np.ndarray   # (steps, k) float32, sorted descending
-    tail_logprob: np.ndarray    # (steps,) float32
-    timings: dict[str, float] = field(default_factory=dict)  # ttft_s, total_s
+    topk_ids: np.ndarray | None        # (steps, k) int64
+    topk_logprobs: np.ndarray | None   # (steps, k) float32, sorted descending
+    tail_logprob: np.ndarray | None    # (steps,) float32
+    timings: dict[str, float] = field(default_factory=dict)  # ttft_s, total_s[, tpot_s]
+    text: str | None = None
+    ids_from_text: bool = False
+    stopped: bool = False
+
+    @property
+    def has_logprobs(self) -> bool:
+        return self.topk_logprobs is not None
 
 
 @dataclass
@@ -46,6 +59,7 @@ class Scores:
     gathered_tail: np.ndarray       # (n,) float32
     top_ids: np.ndarray             # (n, k) int64
     top_logprobs: np.ndarray        # (n, k) float32
+    note: str = ""                  # how exact the numbers are (e.g. served top-k only)
 
 
 @dataclass
@@ -60,10 +74,20 @@ class BackendConfig:
 
 
 class Backend(ABC):
-    """Interface every runtime implements. Instances are created by the registry."""
+    """Interface every runtime implements. Instances are created by the registry.
+
+    Capabilities: a runtime that cannot return per-step log-probs or score a sequence
+    teacher-forced (a served model behind an API without them) sets `supports_logprobs`
+    / `supports_scoring` False after `load` and says why in `unsupported[...]`
+    ("logprobs" / "scoring"); checks needing them are then `not-run` with that reason.
+    """
+
+    supports_logprobs: bool = True
+    supports_scoring: bool = True
 
     def __init__(self, config: BackendConfig):
         self.config = config
+        self.unsupported: dict[str, str] = {}
 
     @property
     def name(self) -> str:
@@ -86,6 +110,12 @@ class Backend(ABC):
     def hidden_states(self, ids: Sequence[int]) -> list[np.ndarray] | None:
         """Per-layer hidden states (embedding, each decoder layer, final norm), or None."""
         return None
+
+    def align_to_golden(self, gen: Generation, golden_ids: Sequence[int], tokenizer: Any,
+                        max_new_tokens: int) -> Generation:
+        """A generation whose ids were re-tokenized from text, re-read along the golden's
+        ids where the texts agree. Runtimes that return ids leave it unchanged."""
+        return gen
 
     @abstractmethod
     def environment(self) -> dict[str, Any]:

@@ -87,7 +87,7 @@ class TorchBackend(Backend):
         self.load_s = time.perf_counter() - start
         self.resolved = source
         self.settings["attn_implementation"] = str(getattr(self.model.config, "_attn_implementation", ""))
-        placement = device_placement(self.model)
+        placement = device_placement(self.model, source.spec.device_map)
         if placement:
             self.settings["device_map"] = placement
 

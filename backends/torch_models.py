@@ -59,7 +59,24 @@ def load_torch_model(resolved, dtype: str = "float32", device: str = "cpu",
     return model
 
 
-def device_placement(model) -> dict[str, str]:
-    """Which module went to which device (from accelerate's hf_device_map), if placed."""
+def device_placement(model, requested: Any = None) -> dict[str, str]:
+    """Which module went to which device, when the model was placed with a device_map.
+
+    accelerate's `hf_device_map` when the model has one; transformers 5 no longer sets it,
+    so for a model loaded with a device_map (`requested`) the placement is read from where
+    its parameters and buffers are: one entry per decoder layer (`model.layers.3`) or other
+    module (`model.embed_tokens`, `lm_head`), or `{"": device}` when all share one device
+    and the map asked for no more detail."""
     placement = getattr(model, "hf_device_map", None) or {}
-    return {str(k): str(v) for k, v in placement.items()}
+    if placement or requested is None:
+        return {str(k): str(v) for k, v in placement.items()}
+    found: dict[str, str] = {}
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    for name, tensor in tensors:
+        parts = name.split(".")
+        index = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+        key = ".".join(parts[:index + 1] if index is not None else parts[:-1])
+        found.setdefault(key, str(tensor.device))
+    if len(set(found.values())) == 1 and (not isinstance(requested, dict) or set(requested) == {""}):
+        return {"": next(iter(found.values()))}
+    return found

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from . import compare
-from .errors import BackendCrashed, GoldenError, SpecEngineError
+from .errors import BackendCrashed, BackendUnavailable, GoldenError, SpecEngineError
 from .golden import (Golden, build_golden, case_hash, describe_changes, golden_path,
                      load_golden, step_record, write_golden)
 from .progress import bar
@@ -55,6 +55,10 @@ def record_case(session: Session, case: Case) -> dict:
     ids = session.prompt_ids(case)
     gen = session.backend.generate([ids], case.max_new_tokens, case.top_k,
                                    session.tokenizer.stop_ids)[0]
+    if not gen.has_logprobs or len(gen.topk_logprobs) < len(gen.output_ids):
+        raise BackendUnavailable(f"backend '{session.config.name}' returned no log-probs for "
+                                 f"case '{case.id}', so it cannot record a golden: "
+                                 f"{_unsupported(session.backend, 'logprobs')}")
     _check_finite(gen.topk_logprobs, session, case)
     return {"hash": case_hash(ids, case.settings(), session.resolved.fingerprint),
             "prompt": session.prompt_text(case), "prompt_ids": ids,
@@ -87,6 +91,7 @@ def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool 
         except GoldenError as exc:
             echo(f"note: replacing an unreadable golden ({exc.one_line()})")
     session = open_session(spec, name)
+    _bind_chats(session)
     try:
         cases = {case.id: record_case(session, case)
                  for case in bar(spec.cases, f"record {spec.name} on {name}", len(spec.cases))}
@@ -130,6 +135,7 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
         _check_staleness(spec, golden, ref_name, cases)
         ref_side, ref_kind = _golden_side(golden), "golden"
     session = open_session(spec, cand_name)
+    _bind_chats(session)
     try:
         cand_side = session.side()
         run = RunResult(spec_name=spec.name, spec_path=str(spec.path), command="check",
@@ -141,6 +147,9 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
                              "this is not a cross-backend comparison")
         if session.model_override:
             run.notes.append(f"candidate '{cand_name}' runs its own model: {session.resolved.origin}")
+        if not (session.backend.supports_logprobs and session.backend.supports_scoring):
+            run.notes.append(f"candidate '{cand_name}' gives no log-probs, so the checks that need "
+                             f"them are not run: {_unsupported(session.backend, 'scoring')}")
         for case in bar(cases, f"check {spec.name} on {cand_name}", len(cases)):
             result = check_case(session, case, golden)
             run.cases.append(result)
@@ -209,6 +218,7 @@ def _check_staleness(spec: Spec, golden: Golden, ref_name: str, cases: list[Case
 
 def _live_reference(spec: Spec, ref_name: str, cases: list[Case]) -> tuple[Golden, Side]:
     session = open_session(spec, ref_name)
+    _bind_chats(session)
     try:
         records = {case.id: record_case(session, case)
                    for case in bar(cases, f"reference {spec.name} on {ref_name}", len(cases))}
@@ -250,18 +260,24 @@ def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
     backend, tok, tol = session.backend, session.tokenizer, case.tolerance
     prompt_ids = list(record["prompt_ids"])
     g_ids, g_lp, g_tail = golden.arrays(case.id)
-    gen = backend.generate([prompt_ids], case.max_new_tokens, case.top_k, tok.stop_ids)[0]
+    gen = _generate(session, case, prompt_ids, record)
     result.candidate_ids = list(gen.output_ids)
     result.candidate_text = tok.decode(gen.output_ids)
     result.candidate_tokens = tok.token_strings(gen.output_ids)
 
-    nonfinite = bool(np.isnan(gen.topk_logprobs).any() or np.isposinf(gen.topk_logprobs).any())
+    nonfinite = gen.has_logprobs and bool(np.isnan(gen.topk_logprobs).any()
+                                          or np.isposinf(gen.topk_logprobs).any())
     if nonfinite:
         result.checks.append(Check("finite", FAIL, "candidate logits contain NaN or Inf"))
 
     # 1. expectations and the free-running comparison
-    first_lp = float(gen.topk_logprobs[0][0]) if len(gen.output_ids) else None
+    first_lp = (float(gen.topk_logprobs[0][0]) if len(gen.output_ids) and gen.has_logprobs
+                and len(gen.topk_logprobs) else None)
     for exp in compare.expectations(case.expect, result.candidate_text, gen.output_ids, first_lp):
+        if exp.name == "min_prob" and first_lp is None and len(gen.output_ids):
+            result.checks.append(Check("expect.min_prob", NOT_RUN,
+                                       f"needs log-probs: {_unsupported(backend, 'logprobs')}"))
+            continue
         result.checks.append(Check(f"expect.{exp.name}", PASS if exp.passed else FAIL, exp.detail))
     div = compare.first_divergence(record["output_ids"], gen.output_ids, g_ids, g_lp, tol)
     result.divergence_step = div.step
@@ -272,13 +288,16 @@ def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
          "golden_id": div.golden_id, "candidate_id": div.candidate_id}))
 
     # 2. teacher-forced on the golden's sequence
-    if len(record["output_ids"]):
+    if len(record["output_ids"]) and not backend.supports_scoring:
+        result.checks.append(Check("teacher-forced", NOT_RUN,
+                                   f"needs log-probs: {_unsupported(backend, 'scoring')}"))
+    elif len(record["output_ids"]):
         scores = backend.score(prompt_ids, record["output_ids"], g_ids, case.top_k)
         tf = compare.teacher_forced(g_ids, g_lp, g_tail, scores.gathered_logprobs,
                                     scores.gathered_tail, scores.top_ids[:, 0], tol)
         result.checks.append(Check(
             "teacher-forced", PASS if tf.passed else FAIL,
-            "; ".join(tf.failures) or "within tolerance",
+            ("; ".join(tf.failures) or "within tolerance") + (f" ({scores.note})" if scores.note else ""),
             {"kl_mean": tf.kl_mean, "kl_max": tf.kl_max, "top1_agreement": tf.top1_agreement,
              "max_abs_dlogprob": tf.max_abs_dlogprob, "max_abs_dp": tf.max_abs_dp,
              "positions": len(tf.kl), "tolerance": tol.as_dict()}))
@@ -292,15 +311,18 @@ def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
     # 3. determinism: repeats of the same case
     det = case.determinism
     if det.runs > 1:
-        reps = []
+        reps, tokens_only = [], not gen.has_logprobs
         for run_no in range(2, det.runs + 1):
-            again = backend.generate([prompt_ids], case.max_new_tokens, case.top_k, tok.stop_ids)[0]
-            reps.append(compare.repeatability(gen.output_ids, gen.topk_logprobs, again.output_ids,
-                                              again.topk_logprobs, det.atol, f"run {run_no}",
+            again = _generate(session, case, prompt_ids, record)
+            tokens_only = tokens_only or not again.has_logprobs
+            reps.append(compare.repeatability(gen.output_ids, _lp_or_none(gen), again.output_ids,
+                                              _lp_or_none(again), det.atol, f"run {run_no}",
                                               det.runs))
         failing = [r for r in reps if not r.passed]
         worst = failing[0] if failing else max(reps, key=lambda r: r.max_abs_dlogprob)
-        message = (f"{det.runs} runs identical within atol {det.atol:g}" if worst.passed else
+        message = (f"{det.runs} runs gave identical tokens (log-probs not compared)"
+                   if worst.passed and tokens_only else
+                   f"{det.runs} runs identical within atol {det.atol:g}" if worst.passed else
                    f"{worst.where} differs from run 1 at step {worst.first_diff_step} (tokens "
                    f"identical: {worst.identical_tokens}, max |Δ logprob| "
                    f"{worst.max_abs_dlogprob:.3g}, atol {det.atol:g})")
@@ -308,12 +330,44 @@ def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
             "determinism", PASS if worst.passed else FAIL, message,
             {"runs": det.runs, "identical_tokens": worst.identical_tokens,
              "max_abs_dlogprob": worst.max_abs_dlogprob, "atol": det.atol}))
+        if tokens_only:
+            result.checks.append(Check("determinism.logprobs", NOT_RUN,
+                                       f"needs log-probs: {_unsupported(backend, 'logprobs')}"))
 
     # 4. batch invariance: the case alone (above) vs inside batches of other cases
-    if any(size > 1 for size in det.batch_sizes):
+    if any(size > 1 for size in det.batch_sizes) and not gen.has_logprobs:
+        result.checks.append(Check("batch-invariance", NOT_RUN,
+                                   f"needs log-probs: {_unsupported(backend, 'logprobs')}"))
+    elif any(size > 1 for size in det.batch_sizes):
         from .batch import batch_invariance_check
 
         result.checks.append(batch_invariance_check(session, case, prompt_ids, gen))
+
+
+def _generate(session: Session, case: Case, prompt_ids: list[int], record: dict):
+    """The candidate's greedy run of a case; ids that a served model's text was
+    re-tokenized into are re-read along the golden's (Backend.align_to_golden)."""
+    backend, tok = session.backend, session.tokenizer
+    gen = backend.generate([prompt_ids], case.max_new_tokens, case.top_k, tok.stop_ids)[0]
+    return backend.align_to_golden(gen, record["output_ids"], tok, case.max_new_tokens)
+
+
+def _lp_or_none(gen) -> np.ndarray:
+    """The generation's top-k log-probs, or no rows when it has none (tokens only)."""
+    return gen.topk_logprobs if gen.has_logprobs else np.zeros((0, 1), np.float32)
+
+
+def _unsupported(backend, what: str) -> str:
+    reasons = getattr(backend, "unsupported", {}) or {}
+    return reasons.get(what) or reasons.get("logprobs") or f"backend '{backend.name}' returned none"
+
+
+def _bind_chats(session: Session) -> None:
+    """Tell a chat-aware backend (openai) which prompt ids came from which messages."""
+    bind = getattr(session.backend, "bind_chats", None)
+    if bind is not None:
+        bind({tuple(session.prompt_ids(c)): (c.messages, c.chat_template_kwargs)
+              for c in session.spec.cases if c.messages is not None})
 
 
 def _topk_rows(tok, ids: np.ndarray, golden_lp: np.ndarray, cand_lp: np.ndarray) -> list[TopKRow]:
