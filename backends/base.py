@@ -63,6 +63,18 @@ class Scores:
 
 
 @dataclass
+class Embedded:
+    """One forward pass of an embedding model (text encoder or vision tower), float32.
+
+    `pooler_output` is the model's own pooler head output when it returns one; pooling
+    over tokens is done by the engine (engine/embedding.py), the same for every backend.
+    """
+
+    last_hidden_state: np.ndarray           # (batch, tokens, hidden) float32
+    pooler_output: np.ndarray | None = None  # (batch, hidden) float32
+
+
+@dataclass
 class BackendConfig:
     """What a backend is asked to be: a built-in entry or one from a spec's `backends:`."""
 
@@ -110,6 +122,25 @@ class Backend(ABC):
     def hidden_states(self, ids: Sequence[int]) -> list[np.ndarray] | None:
         """Per-layer hidden states (embedding, each decoder layer, final norm), or None."""
         return None
+
+    def embed(self, feeds: dict[str, np.ndarray]) -> Embedded:
+        """Embedding models (`model.kind: embedding`): one forward pass on numpy feeds
+        (input_ids / attention_mask / token_type_ids, or float32 pixel_values, which the
+        backend casts to its dtype)."""
+        from specengine.errors import BackendUnavailable
+
+        raise BackendUnavailable(f"backend '{self.name}' ({self.config.runtime}) cannot run "
+                                 "embedding models")
+
+    def run_op(self, op: str, inputs: dict[str, np.ndarray], dims: dict, params: dict,
+               dtype: str) -> dict[str, np.ndarray]:
+        """Operator specs: run one operator of engine/ops_catalog.py on this backend's
+        device in `dtype`, from float64 `inputs` (rounded to `dtype` on the CPU before
+        they move). Float outputs come back as float64 holding the dtype's values."""
+        from specengine.errors import BackendUnavailable
+
+        raise BackendUnavailable(f"backend '{self.name}' ({self.config.runtime}) cannot run "
+                                 "operator specs")
 
     def align_to_golden(self, gen: Generation, golden_ids: Sequence[int], tokenizer: Any,
                         max_new_tokens: int) -> Generation:

@@ -15,7 +15,7 @@ import numpy as np
 
 from specengine.errors import BackendCrashed, BackendUnavailable
 
-from .base import Backend, BackendConfig, Generation, Scores
+from .base import Backend, BackendConfig, Embedded, Generation, Scores
 from .torch_models import device_placement, load_torch_model
 
 
@@ -175,6 +175,47 @@ class TorchBackend(Backend):
             out = self.model(input_ids=torch.tensor([list(ids)], device=self.input_device),
                              use_cache=False, output_hidden_states=True)
         return [h[0].float().cpu().numpy() for h in out.hidden_states]
+
+    def embed(self, feeds: dict[str, np.ndarray]) -> Embedded:
+        torch = self.torch
+        from .torch_models import torch_dtype
+
+        param = next(self.model.parameters())
+        inputs = {}
+        for key, value in feeds.items():
+            tensor = torch.from_numpy(np.ascontiguousarray(value))
+            if tensor.is_floating_point():
+                tensor = tensor.to(torch_dtype(self.config.dtype))
+            inputs[key] = tensor.to(param.device)
+        with torch.inference_mode():
+            try:
+                out = self.model(**inputs)
+            except RuntimeError as exc:
+                raise BackendCrashed(f"backend '{self.name}' forward failed: "
+                                     f"{' '.join(str(exc).split())[:300]}") from None
+        self.synchronize()
+        hidden = getattr(out, "last_hidden_state", None)
+        hidden = out[0] if hidden is None else hidden
+        pooler = getattr(out, "pooler_output", None)
+        return Embedded(hidden.float().cpu().numpy(),
+                        None if pooler is None else pooler.float().cpu().numpy())
+
+    def run_op(self, op: str, inputs: dict[str, np.ndarray], dims: dict, params: dict,
+               dtype: str) -> dict[str, np.ndarray]:
+        torch = self.torch
+        from specengine.ops_catalog import OPS
+
+        from .torch_models import torch_dtype
+
+        tdtype = torch_dtype(dtype)
+        # rounded on the CPU, then moved: the device sees exactly the oracle's inputs
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(tdtype).to(self.config.device)
+                   for k, v in inputs.items()}
+        with torch.inference_mode():
+            out = OPS[op].run(torch, tensors, dims, params, dtype)
+        self.synchronize()
+        return {k: (v.double() if v.is_floating_point() else v.long()).cpu().numpy()
+                for k, v in out.items()}
 
     def environment(self) -> dict[str, Any]:
         import transformers

@@ -150,6 +150,9 @@ def cmd_record(args) -> int:
     golden_dir = args.golden_dir or default_golden_dir()
     for spec in _specs(args.specs):
         if args.perf:
+            if spec.kind != "causal-lm":
+                raise UsageError(f"{spec.path}: perf goldens are for causal-lm specs; an "
+                                 f"{spec.kind} spec's perf is measured by `check --perf`")
             from .perf import record_perf_golden
 
             path = record_perf_golden(spec, args.backend or spec.reference, golden_dir, args.update)

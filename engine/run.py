@@ -79,6 +79,15 @@ def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool 
     """Record every case of a spec on a backend into golden/<spec>/<backend>.json."""
     from specengine.backends.registry import config_for
 
+    if spec.kind == "embedding":
+        from .embedding import record_embedding_golden
+
+        return record_embedding_golden(spec, backend_name, golden_dir, update, echo)
+    if spec.kind == "ops":
+        from .ops import record_ops_golden
+
+        return record_ops_golden(spec, backend_name, golden_dir, update, echo)
+
     name = config_for(backend_name, spec.backends).name
     path = golden_path(golden_dir, spec.name, name)
     old = None
@@ -122,6 +131,12 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
     """
     from specengine.backends.registry import config_for
 
+    if spec.kind in ("embedding", "ops"):   # engine/embedding.py, engine/ops.py
+        if spec.kind == "embedding":
+            from .embedding import check_embedding_spec as check_kind
+        else:
+            from .ops import check_ops_spec as check_kind
+        return check_kind(spec, backend_name, golden_dir, against, cases, fail_fast, perf)
     started = time.perf_counter()
     cases = list(spec.cases if cases is None else cases)
     cand_name = config_for(backend_name, spec.backends).name

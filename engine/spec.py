@@ -119,6 +119,8 @@ class Spec:
     perf: dict | None
     timeout_s: float | None
     located: Located = field(repr=False, default=None)
+    kind: str = "causal-lm"           # causal-lm | embedding | ops (engine/kinds.py)
+    settings: Any = None              # kind-specific: EmbeddingSettings, ops defaults
 
     def case(self, case_id: str) -> Case:
         for case in self.cases:
@@ -189,7 +191,15 @@ def _schema_error(located: Located, error) -> SpecError:
             error.validator == "oneOf" and "synthetic" in error.schema.get("properties", {})):
         return located.error(path, f"{where}: give exactly one of path, gguf, synthetic")
     if error.validator == "oneOf" and "messages" in error.schema.get("properties", {}):
-        return located.error(path, f"{where}: a case needs exactly one of prompt, messages")
+        return located.error(path, f"{where}: a case needs exactly one of prompt, messages "
+                                   "(causal-lm) or texts, images, synthetic_images (embedding)")
+    if error.validator == "oneOf" and not path and isinstance(error.instance, dict):
+        if "ops" in error.instance:
+            return located.error(("ops",), "an operator spec (ops:) has no model or cases",
+                                 key=True)
+        missing = [k for k in ("model", "cases") if k not in error.instance]
+        return located.error(path, f"the spec: '{missing[0]}' is a required property (a model "
+                                   "spec needs model and cases; an operator spec needs ops)")
     if error.validator == "required":
         return located.error(path, f"{where}: {error.message}")
     if error.validator == "pattern" and path and path[-1] in ("name", "id"):
@@ -214,11 +224,14 @@ def _build(located: Located, file: Path, base_dir: Path) -> Spec:
     from specengine.backends.base import BackendConfig
     from specengine.backends.registry import BUILTINS, unknown_message
 
+    from .kinds import CAUSAL_LM, check_kind_keys
+
     data = located.data
+    kind = check_kind_keys(located)
     defaults = data.get("defaults", {})
-    tol = Tolerance().merged(defaults.get("tolerance"))
+    tol = Tolerance().merged(defaults.get("tolerance") if kind == CAUSAL_LM else None)
     det = Determinism().merged(defaults.get("determinism"))
-    model = _model_spec(located, ("model",), data["model"], base_dir)
+    model = _model_spec(located, ("model",), data["model"], base_dir) if "model" in data else None
 
     backends: dict[str, BackendConfig] = {}
     backend_models: dict[str, ModelSpec] = {}
@@ -237,6 +250,18 @@ def _build(located: Located, file: Path, base_dir: Path) -> Spec:
     for name in (data.get("perf") or {}).get("budgets", {}) or {}:
         if name not in names:
             raise located.error(("perf", "budgets", name), unknown_message(name, names), key=True)
+
+    if kind != CAUSAL_LM:   # embedding (engine/embedding.py) and ops (engine/ops.py)
+        if kind == "ops":
+            from .ops import build_op_cases as build_cases
+        else:
+            from .embedding import build_embedding_cases as build_cases
+        kind_cases, settings = build_cases(located, data, det, base_dir)
+        return Spec(path=file, name=data["name"], description=data.get("description", ""),
+                    model=model, reference=reference, backends=backends,
+                    backend_models=backend_models, cases=kind_cases, perf=data.get("perf"),
+                    timeout_s=defaults.get("timeout_s"), located=located, kind=kind,
+                    settings=settings)
 
     cases: list[Case] = []
     seen: dict[str, int] = {}
