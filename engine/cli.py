@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="cpu-bf16", help="candidate backend (default cpu-bf16)")
     p.add_argument("--report-dir", default="reports", help="folder for report.html / .md / "
                    ".json / .xml (default ./reports)")
+    _annotations_arg(p)
     _golden_dir_arg(p)
     _selection_args(p)
 
@@ -71,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     _report_args(p)
 
     sub.add_parser("schema", help="print the spec JSON Schema (for editors)")
+
+    p = sub.add_parser("init", help="write a starter spec for a local Hugging Face model folder")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="local HF model folder (config.json, "
+                   "weights, tokenizer)")
+    p.add_argument("-o", "--output", type=Path, metavar="SPEC", help="spec file to write "
+                   "(default: specs/NAME.yaml, NAME from the folder)")
+    p.add_argument("--name", help="spec name (default: from the folder name)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing spec file")
     return parser
 
 
@@ -84,6 +93,13 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", type=Path, metavar="PATH", help="write an HTML report")
     p.add_argument("--markdown", type=Path, metavar="PATH", help="write a Markdown report")
     p.add_argument("--junit", type=Path, metavar="PATH", help="write JUnit XML")
+    _annotations_arg(p)
+
+
+def _annotations_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--annotations", choices=("github",), help="print CI annotations for "
+                   "failing cases: 'github' emits ::error file=SPEC,line=N:: workflow "
+                   "commands at each failing case's line in its spec")
 
 
 def _selection_args(p: argparse.ArgumentParser) -> None:
@@ -195,6 +211,11 @@ def _finish(runs, args) -> int:
                         ("junit", args.junit)):
         if path:
             print(f"{label} report: {path}")
+    if getattr(args, "annotations", None) == "github":
+        from .annotations import github_annotations
+
+        for line in github_annotations(runs):
+            print(line)
     if any(r.status == "error" for r in runs):
         return EXIT_BACKEND if all(c.status == "error" for r in runs for c in r.cases) else EXIT_FAIL
     return EXIT_PASS if all(r.passed for r in runs) else EXIT_FAIL
@@ -230,18 +251,7 @@ def _default_spec() -> str:
 def cmd_report(args) -> int:
     from .report import load_results
 
-    runs = load_results(args.results)
-    if not (args.json or args.html or args.markdown or args.junit):
-        from .report import render_terminal
-
-        print(render_terminal(runs))
-        return EXIT_PASS
-    from .report import render_terminal, write_reports
-
-    print(render_terminal(runs))
-    write_reports(runs, json_path=args.json, markdown=args.markdown, html=args.html,
-                  junit=args.junit)
-    return EXIT_PASS
+    return _finish(load_results(args.results), args)
 
 
 def cmd_schema(args) -> int:
@@ -253,8 +263,17 @@ def cmd_schema(args) -> int:
     return EXIT_PASS
 
 
+def cmd_init(args) -> int:
+    from .init_spec import init_spec
+
+    path, spec = init_spec(args.model_dir, args.output, name=args.name, force=args.force)
+    print(f"wrote {path} ({spec.name}: {len(spec.cases)} cases)")
+    print(f"next: specengine record-golden {path} && specengine check {path} --backend cpu-bf16")
+    return EXIT_PASS
+
+
 COMMANDS = {"validate": cmd_validate, "record-golden": cmd_record, "check": cmd_check,
-            "run": cmd_run, "report": cmd_report, "schema": cmd_schema}
+            "run": cmd_run, "report": cmd_report, "schema": cmd_schema, "init": cmd_init}
 
 
 if __name__ == "__main__":
