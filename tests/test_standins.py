@@ -1,0 +1,165 @@
+"""The tiny stand-ins of specs/tiny/ (one per model family our first users port):
+their committed cpu goldens are reproducible, they pass on cpu-bf16 with their own
+tolerances, and a deliberately broken layer (a permuted MoE router, a sign-flipped output
+projection) fails their check.
+
+Models are synthetic (seeded, built once into the cache folder: $SPECENGINE_CACHE, else
+the default cache). The CLI runs in a subprocess, as a user would run it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, cli, load_json, perturb_model
+
+TINY = REPO / "specs" / "tiny"
+GOLDEN = REPO / "golden"
+
+# stand-in -> the broken layer its gate must catch (weight name, how it is broken)
+STANDINS = {
+    "internlm25-tiny": ("model.layers.1.self_attn.o_proj.weight", "sign"),
+    "qwen35-tiny": ("model.layers.1.linear_attn.out_proj.weight", "sign"),
+    "intern-s2-tiny": ("model.layers.0.mlp.gate.weight", "permute"),
+    "ernie45-tiny": ("model.layers.1.mlp.gate.weight", "permute"),
+}
+MOE = ["intern-s2-tiny", "ernie45-tiny"]
+
+
+def spec_path(name: str) -> Path:
+    return TINY / f"{name}.yaml"
+
+
+def model_dir(name: str) -> Path:
+    from specengine.sources import resolve
+    from specengine.spec import load_spec
+
+    return resolve(load_spec(spec_path(name)).model).hf_dir
+
+
+def teacher_forced(case: dict) -> dict:
+    return next(c for c in case["checks"] if c["name"] == "teacher-forced")
+
+
+def break_layer(key: str, how: str):
+    def edit(tensors):
+        import torch
+
+        assert key in tensors, sorted(tensors)[:8]
+        weight = tensors[key]
+        if how == "sign":
+            tensors[key] = (-weight).contiguous()
+        else:   # route every token by another expert's router row
+            perm = torch.randperm(weight.shape[0], generator=torch.Generator().manual_seed(123))
+            assert not torch.equal(perm, torch.arange(weight.shape[0]))
+            tensors[key] = weight[perm].contiguous()
+    return edit
+
+
+# One CLI process per step for all four stand-ins (a spec folder or several specs per
+# command), so the suite pays torch's import once per step, not once per model.
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> Path:
+    golden = tmp_path_factory.mktemp("recorded")
+    result = cli("record-golden", *[spec_path(n) for n in sorted(STANDINS)], "--backend", "cpu",
+                 "--golden-dir", golden)
+    assert result.rc == 0, result.text
+    return golden
+
+
+@pytest.fixture(scope="module")
+def bf16_runs(tmp_path_factory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("bf16") / "bf16.json"
+    result = cli("check", *[spec_path(n) for n in sorted(STANDINS)], "--backend", "cpu-bf16",
+                 "--golden-dir", GOLDEN, "--json", out)
+    assert result.rc == 0, result.text
+    return {run["spec_name"]: run for run in load_json(out)["runs"]}
+
+
+@pytest.fixture(scope="module")
+def broken_runs(tmp_path_factory) -> tuple[dict[str, dict], str]:
+    """Each stand-in with one layer broken (MoE: the router's rows permuted, so tokens go
+    to the wrong experts; dense: an output projection sign-flipped), as a spec-defined
+    backend `broken` in a copy of its spec."""
+    root = tmp_path_factory.mktemp("broken")
+    specs = []
+    for name, (key, how) in sorted(STANDINS.items()):
+        broken = perturb_model(model_dir(name), root / f"{name}-model", break_layer(key, how))
+        text = spec_path(name).read_text("utf-8")
+        assert "\nreference: cpu\n" in text
+        text = text.replace("\nreference: cpu\n", "\nreference: cpu\nbackends:\n  broken: {runtime: "
+                            f"torch, device: cpu, dtype: float32, model: {{path: '{broken}'}}}}\n", 1)
+        # the repeat check is not what this test is about: one run per case is enough
+        text = text.replace("determinism: {runs: 2}", "determinism: {runs: 1}")
+        specs.append(root / f"{name}.yaml")
+        specs[-1].write_text(text, encoding="utf-8")
+    out = root / "broken.json"
+    result = cli("check", *specs, "--backend", "broken", "--golden-dir", GOLDEN, "--json", out,
+                 "--case", "capital-fr", "--case", "capital-zh")
+    assert result.rc == 1, result.text
+    return {run["spec_name"]: run for run in load_json(out)["runs"]}, result.out
+
+
+@pytest.mark.parametrize("name", sorted(STANDINS))
+def test_committed_golden_is_reproduced(name, recorded):
+    """Recording again (same pinned versions, seeded weights) gives the committed file."""
+    fresh = (recorded / name / "cpu.json").read_bytes()
+    committed = (GOLDEN / name / "cpu.json").read_bytes()
+    assert fresh == committed, (
+        f"golden/{name}/cpu.json differs from a fresh recording: the synthetic model or the "
+        "engine changed; re-record with `specengine record-golden specs/tiny/"
+        f"{name}.yaml --backend cpu --golden-dir golden --update` and review the diff")
+
+
+@pytest.mark.parametrize("name", sorted(STANDINS))
+def test_bf16_passes_with_the_spec_tolerances(name, bf16_runs):
+    run = bf16_runs[name]
+    assert run["status"] == "pass"
+    assert run["comparison"] == "cross-backend"
+    assert run["candidate"]["dtype"] == "bfloat16" and run["reference"]["dtype"] == "float32"
+    assert len(run["cases"]) == 6
+    for case in run["cases"]:
+        assert case["status"] == "pass", (case["id"], [c["message"] for c in case["checks"]])
+        metrics = teacher_forced(case)["metrics"]
+        # bf16 is not free: the comparison saw real differences, within the tolerance
+        assert 0 < metrics["kl_mean"] <= metrics["tolerance"]["kl_mean_max"]
+        assert next(c for c in case["checks"] if c["name"] == "determinism")["status"] == "pass"
+
+
+@pytest.mark.parametrize("name", sorted(STANDINS))
+def test_a_broken_layer_fails(name, broken_runs):
+    """The broken copy fails, and the reports name the failing metrics."""
+    runs, terminal = broken_runs
+    run = runs[name]
+    assert run["status"] == "fail"
+    assert run["candidate"]["model_override"] is True
+    assert [c["id"] for c in run["cases"]] == ["capital-fr", "capital-zh"]
+    for case in run["cases"]:
+        assert case["status"] == "fail", case["id"]
+        tf = teacher_forced(case)
+        assert tf["status"] == "fail"
+        assert "KL mean" in tf["message"], tf["message"]
+        assert tf["metrics"]["kl_mean"] > 3 * tf["metrics"]["tolerance"]["kl_mean_max"]
+    assert "KL mean" in terminal        # the terminal summary names it too
+
+
+def test_moe_standins_keep_the_routing_shape():
+    """What makes the MoE families distinct survives the scaling down."""
+    from specengine.spec import load_spec
+
+    s2 = load_spec(spec_path("intern-s2-tiny")).model.synthetic["config"]
+    assert s2["num_experts"] / s2["num_experts_per_tok"] == 256 / 8
+    assert s2["shared_expert_intermediate_size"] > 0
+    assert s2["layer_types"] == ["linear_attention"] * 3 + ["full_attention"] + \
+        ["linear_attention"] * 3 + ["full_attention"]
+    ernie = load_spec(spec_path("ernie45-tiny")).model.synthetic["config"]
+    assert ernie["moe_num_experts"] / ernie["moe_k"] == pytest.approx(64 / 6, rel=0.01)
+    assert ernie["moe_num_shared_experts"] == 2
+    assert ernie["num_attention_heads"] / ernie["num_key_value_heads"] == 20 / 4
+    llama = load_spec(spec_path("internlm25-tiny")).model.synthetic["config"]
+    assert llama["num_attention_heads"] / llama["num_key_value_heads"] == 32 / 8
+    qwen = load_spec(spec_path("qwen35-tiny")).model.synthetic["config"]
+    assert qwen["layer_types"] == (["linear_attention"] * 3 + ["full_attention"]) * 2
