@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perf", action="store_true", help="also measure performance (the spec's "
                    "perf: section, or its defaults) and judge budgets and the perf golden; "
                    "without it no perf is measured, so plain checks stay fast")
+    p.add_argument("--localize", action="store_true", help="localize each failing case: "
+                   "per-layer errors against the golden's layer sketch (or the --against "
+                   "backend's hidden states) and the first layer that drifts, in every report")
     _golden_dir_arg(p)
     _report_args(p)
     _selection_args(p)
@@ -72,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _report_args(p)
 
     sub.add_parser("schema", help="print the spec JSON Schema (for editors)")
+    _localize_parsers(sub)
 
     p = sub.add_parser("init", help="write a starter spec for a local Hugging Face model folder")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="local HF model folder (config.json, "
@@ -192,7 +196,7 @@ def cmd_check(args) -> int:
             print(f"note: {spec.path}: no case selected", file=sys.stderr)
             continue
         run = check_spec(spec, args.backend, golden_dir, args.against, cases, args.fail_fast,
-                         perf=args.perf)
+                         perf=args.perf, localize=args.localize)
         runs.append(run)
         if args.fail_fast and not run.passed:
             break
@@ -272,8 +276,58 @@ def cmd_init(args) -> int:
     return EXIT_PASS
 
 
+def _localize_parsers(sub) -> None:
+    """`localize` and `calibrate` (engine/localize.py, engine/calibrate.py)."""
+    p = sub.add_parser("localize", help="find the first layer where a candidate drifts: "
+                       "per-layer hidden-state errors against a live reference or the golden's "
+                       "layer sketch (exit 1 when a layer is flagged)")
+    p.add_argument("spec", metavar="SPEC", help="spec file")
+    p.add_argument("--backend", required=True, help="candidate backend")
+    p.add_argument("--against", metavar="BACKEND", help="reference backend run live (full "
+                   "hidden states); default: the golden's layer sketch alone")
+    p.add_argument("--case", action="append", metavar="ID", help="case to localize "
+                   "(repeatable; default: every case)")
+    p.add_argument("--growth", type=float, default=4.0, metavar="K", help="flag a layer whose "
+                   "rel_err is at least K x the previous layer's (default 4)")
+    p.add_argument("--floor", type=float, default=None, metavar="F", help="and at least F "
+                   "(default: 25 x the unit roundoff of the coarser dtype, at least 0.001)")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the localizations as JSON")
+    p.add_argument("--html", type=Path, metavar="PATH", help="write an HTML page with the "
+                   "per-layer charts")
+    _golden_dir_arg(p)
+
+    p = sub.add_parser("calibrate", help="measure the noise between two good backends and "
+                       "propose tolerances (--write puts them into the spec)")
+    p.add_argument("spec", metavar="SPEC", help="spec file")
+    p.add_argument("--backend", required=True, help="one good backend (the candidate side)")
+    p.add_argument("--against", metavar="BACKEND", help="the other good backend, run live; "
+                   "default: the spec's golden")
+    p.add_argument("--case", action="append", metavar="ID", help="calibrate on these cases "
+                   "only (repeatable; default: every case)")
+    p.add_argument("--headroom", type=float, default=2.0, metavar="X", help="proposed upper "
+                   "limits are the max observed x X (default 2)")
+    p.add_argument("--write", action="store_true", help="write the proposal into the spec's "
+                   "defaults.tolerance, keeping comments and layout; the spec is validated")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the measurement and the "
+                   "proposal as JSON")
+    _golden_dir_arg(p)
+
+
+def cmd_localize(args) -> int:
+    from .localize import cli_main
+
+    return cli_main(args, _specs)
+
+
+def cmd_calibrate(args) -> int:
+    from .calibrate import cli_main
+
+    return cli_main(args, _specs)
+
+
 COMMANDS = {"validate": cmd_validate, "record-golden": cmd_record, "check": cmd_check,
             "run": cmd_run, "report": cmd_report, "schema": cmd_schema, "init": cmd_init}
+COMMANDS.update({"localize": cmd_localize, "calibrate": cmd_calibrate})
 
 
 if __name__ == "__main__":

@@ -148,6 +148,12 @@ def load_golden(path: Path, spec_name: str | None = None) -> Golden:
         if len(case["steps"]) != len(case["output_ids"]):
             raise GoldenError(f"golden {path}: case '{cid}' has {len(case['steps'])} steps for "
                               f"{len(case['output_ids'])} output ids")
+        sketch = case.get("sketch")
+        if sketch and any(len(layer["v"]) != sketch["dims"]
+                          or len(layer["norms"]) != len(sketch["positions"])
+                          for layer in sketch["layers"]):
+            raise GoldenError(f"golden {path}: case '{cid}' has a layer sketch whose sizes do "
+                              "not match its dims / positions")
     return Golden(path, data)
 
 
@@ -191,6 +197,9 @@ def describe_changes(old: dict, new: dict, limit: int = 40) -> list[str]:
             lines.append(f"  ~ case {cid}: {changed} step value(s) changed beyond 4 significant digits")
         if a["hash"] != b["hash"]:
             lines.append(f"  ~ case {cid}: prompt, settings or model changed (hash)")
+        sketch_change = _sketch_change(a.get("sketch"), b.get("sketch"))
+        if sketch_change:
+            lines.append(f"  ~ case {cid}: layer sketch {sketch_change}")
         if len(lines) >= limit:
             lines.append("  … (more changes not shown)")
             break
@@ -198,3 +207,18 @@ def describe_changes(old: dict, new: dict, limit: int = 40) -> list[str]:
         if old.get(key) != new.get(key):
             lines.insert(0, f"  ~ {key}: {old.get(key)} -> {new.get(key)}")
     return lines or ["  (no change in ids, log-probs or hashes)"]
+
+
+def _sketch_change(old: dict | None, new: dict | None) -> str:
+    """How a case's layer sketch changed on re-record ('' for nothing beyond 1e-4)."""
+    if not old and not new:
+        return ""
+    if not old or not new:
+        return "added" if new else "removed"
+    shape = lambda s: (s["method"], s["seed"], s["dims"], s["positions"],  # noqa: E731
+                       [layer["name"] for layer in s["layers"]])
+    if shape(old) != shape(new):
+        return "changed (layers or positions)"
+    delta = max((abs(x - y) for la, lb in zip(old["layers"], new["layers"])
+                 for x, y in zip(la["v"], lb["v"])), default=0.0)
+    return f"changed (max |Δ| {delta:.2g})" if delta > 1e-4 else ""

@@ -50,8 +50,9 @@ def _match_expr(expr: str, case: Case) -> bool:
 
 # -- recording ---------------------------------------------------------------------
 
-def record_case(session: Session, case: Case) -> dict:
-    """Run one case on the reference and return its golden record."""
+def record_case(session: Session, case: Case, sketch: bool = True) -> dict:
+    """Run one case on the reference and return its golden record (with the layer sketch
+    that `localize` needs when the backend returns hidden states and `sketch` is set)."""
     ids = session.prompt_ids(case)
     gen = session.backend.generate([ids], case.max_new_tokens, case.top_k,
                                    session.tokenizer.stop_ids)[0]
@@ -60,12 +61,19 @@ def record_case(session: Session, case: Case) -> dict:
                                  f"case '{case.id}', so it cannot record a golden: "
                                  f"{_unsupported(session.backend, 'logprobs')}")
     _check_finite(gen.topk_logprobs, session, case)
-    return {"hash": case_hash(ids, case.settings(), session.resolved.fingerprint),
-            "prompt": session.prompt_text(case), "prompt_ids": ids,
-            "output_ids": gen.output_ids, "output_text": session.tokenizer.decode(gen.output_ids),
-            "settings": case.settings(),
-            "steps": [step_record(gen.topk_ids[i], gen.topk_logprobs[i], gen.tail_logprob[i])
-                      for i in range(len(gen.output_ids))]}
+    record = {"hash": case_hash(ids, case.settings(), session.resolved.fingerprint),
+              "prompt": session.prompt_text(case), "prompt_ids": ids,
+              "output_ids": gen.output_ids, "output_text": session.tokenizer.decode(gen.output_ids),
+              "settings": case.settings(),
+              "steps": [step_record(gen.topk_ids[i], gen.topk_logprobs[i], gen.tail_logprob[i])
+                        for i in range(len(gen.output_ids))]}
+    if sketch:   # engine/localize.py: per-layer sketch, so localize works on the golden alone
+        from .localize import sketch_for_record
+
+        layer_sketch = sketch_for_record(session.backend, record)
+        if layer_sketch:
+            record["sketch"] = layer_sketch
+    return record
 
 
 def _check_finite(lp: np.ndarray, session: Session, case: Case) -> None:
@@ -123,8 +131,11 @@ def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool 
 
 def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
                against: str | None = None, cases: list[Case] | None = None,
-               fail_fast: bool = False, perf: bool = False) -> RunResult:
+               fail_fast: bool = False, perf: bool = False, localize: bool = False) -> RunResult:
     """Check a candidate backend against the golden (or a live reference backend).
+
+    With `localize`, each failing case is localized (engine/localize.py): per-layer errors
+    against the live reference's hidden states, or against the golden's layer sketch.
 
     With `perf`, the candidate is then measured (engine/perf.py) in the same session and
     judged against the spec's budgets and its perf golden; the result is `run.perf`.
@@ -142,7 +153,9 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
     cand_name = config_for(backend_name, spec.backends).name
     if against:
         ref_name = config_for(against, spec.backends).name
-        golden, ref_side = _live_reference(spec, ref_name, cases)
+        ref_states: dict = {}
+        golden, ref_side = _live_reference(spec, ref_name, cases,
+                                           ref_states if localize else None)
         ref_kind = "live"
     else:
         ref_name = spec.reference
@@ -168,6 +181,12 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
         for case in bar(cases, f"check {spec.name} on {cand_name}", len(cases)):
             result = check_case(session, case, golden)
             run.cases.append(result)
+            if localize and result.status == FAIL:
+                from .localize import localize_failed_case
+
+                localize_failed_case(session, result, golden.cases[case.id], ref_side.backend,
+                                     ref_side.dtype, ref_states.get(case.id) if against else None,
+                                     live=bool(against))
             if fail_fast and result.status != PASS:
                 run.notes.append("stopped at the first failing case (--fail-fast)")
                 break
@@ -231,12 +250,23 @@ def _check_staleness(spec: Spec, golden: Golden, ref_name: str, cases: list[Case
                               "re-record with `specengine record-golden --update`")
 
 
-def _live_reference(spec: Spec, ref_name: str, cases: list[Case]) -> tuple[Golden, Side]:
+def _live_reference(spec: Spec, ref_name: str, cases: list[Case],
+                    states: dict | None = None) -> tuple[Golden, Side]:
+    """Records of the reference run live; with `states`, also each case's per-layer hidden
+    states (for check --localize), by case id."""
     session = open_session(spec, ref_name)
     _bind_chats(session)
     try:
-        records = {case.id: record_case(session, case)
+        records = {case.id: record_case(session, case, sketch=False)
                    for case in bar(cases, f"reference {spec.name} on {ref_name}", len(cases))}
+        if states is not None:
+            from .localize import capture, teacher_forced_ids
+
+            for cid, record in records.items():
+                try:
+                    states[cid] = capture(session.backend, teacher_forced_ids(record))
+                except NotImplementedError:
+                    pass
         side = session.side()
     finally:
         session.close()

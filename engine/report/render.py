@@ -21,6 +21,7 @@ from .. import __version__
 from ..results import ERROR, FAIL, NOT_RUN, PASS, CaseResult, RunResult
 from . import model
 from .charts import perf_chart, perf_mermaid, position_chart
+from .layers import layer_chart, localization_line
 from .text import (fmt, fmt_ratio, fmt_seconds, icon, md_cell, md_escape, md_marked, md_pre,
                    metrics_text, one_line, short_hash, token_text, truncate, visible)
 
@@ -58,7 +59,7 @@ def environment() -> Environment:
         case_metrics=model.case_metrics, env_rows=model.env_rows, perf_view=model.perf_view,
         run_status=model.run_status, run_title=model.run_title,
         failing_checks=model.failing_checks, bad_metrics=model.bad_metrics, divergence_tokens=model.divergence_tokens,
-        tokens=model.tokens, case_anchor=model.case_anchor, position_chart=position_chart,
+        tokens=model.tokens, case_anchor=model.case_anchor, position_chart=position_chart, layer_chart=layer_chart, localization_line=localization_line,
         perf_chart=perf_chart, perf_mermaid=perf_mermaid, bar_px=bar_px, md_marked=md_marked, SELF_CHECK=model.SELF_CHECK,
         SELF_CHECK_TEXT=model.SELF_CHECK_TEXT, version=__version__)
     return env

@@ -71,6 +71,11 @@ def _case_lines(case, widths: list[int], color: bool) -> list[str]:
     if case.error:
         out.append("      " + _paint(f"✗ error: {truncate(one_line(case.error), MESSAGE_WIDTH)}",
                                      ERROR, color))
+    if getattr(case, "localization", None):   # check --localize (engine/localize.py)
+        from .layers import localization_line
+
+        out.append("      ↳ " + truncate(one_line(localization_line(case.localization)),
+                                        MESSAGE_WIDTH))
     return out
 
 
