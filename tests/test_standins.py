@@ -1,6 +1,6 @@
 """The tiny stand-ins of specs/tiny/ (one per model family our first users port):
 their committed cpu goldens are reproducible, they pass on cpu-bf16 with their own
-tolerances, and a deliberately broken layer (a permuted MoE router, a sign-flipped output
+tolerances and on onnx (float32 onnxruntime), and a deliberately broken layer (a permuted MoE router, a sign-flipped output
 projection) fails their check.
 
 Models are synthetic (seeded, built once into the cache folder: $SPECENGINE_CACHE, else
@@ -144,6 +144,32 @@ def test_a_broken_layer_fails(name, broken_runs):
         assert "KL mean" in tf["message"], tf["message"]
         assert tf["metrics"]["kl_mean"] > 3 * tf["metrics"]["tolerance"]["kl_mean_max"]
     assert "KL mean" in terminal        # the terminal summary names it too
+
+
+# internlm25-tiny keeps InternLM2.5's dynamic NTK rope scaling, whose data-dependent
+# branch the ONNX exporter refuses (exit 3, "export the graph yourself"); the other three
+# export and run under onnxruntime.
+ONNX = ["ernie45-tiny", "intern-s2-tiny", "qwen35-tiny"]
+
+
+@pytest.fixture(scope="module")
+def onnx_runs(tmp_path_factory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("onnx") / "onnx.json"
+    result = cli("check", *[spec_path(n) for n in ONNX], "--backend", "onnx", "--golden-dir",
+                 GOLDEN, "--json", out)
+    if result.rc == 3 and "not installed" in result.err:
+        pytest.skip(f"onnx backend unavailable: {result.err.strip()}")
+    assert result.rc == 0, result.text
+    return {run["spec_name"]: run for run in load_json(out)["runs"]}
+
+
+@pytest.mark.parametrize("name", ONNX)
+def test_onnx_passes(name, onnx_runs):
+    run = onnx_runs[name]
+    assert run["status"] == "pass"
+    assert run["comparison"] == "cross-backend" and run["candidate"]["backend"] == "onnx"
+    for case in run["cases"]:
+        assert case["status"] == "pass", (case["id"], [c["message"] for c in case["checks"]])
 
 
 def test_moe_standins_keep_the_routing_shape():
