@@ -34,6 +34,9 @@ RUNTIMES = {
     # test only: the torch runtime slowed on purpose (tests/slow_backend.py; importable
     # when tests/ is on sys.path, as under pytest)
     ("test-slow", None): "slow_backend:SlowTorchBackend",
+    # test only: the torch runtime with injected faults (NaN logits, exceptions, hangs,
+    # out-of-memory, a failing constructor; tests/fault_backend.py)
+    ("test-fault", None): "fault_backend:FaultBackend",
 }
 
 
@@ -79,12 +82,29 @@ def backend_class(config: BackendConfig) -> type[Backend]:
             f"backend '{config.name}' needs the {config.runtime} runtime, which is not "
             f"installed ({missing} missing): pip install 'specengine[{_extra(config)}]'"
         ) from None
+    except Exception as exc:  # a runtime that fails while importing (a driver, a plugin)
+        raise BackendUnavailable(f"backend '{config.name}' could not start: importing "
+                                 f"{module_name} failed: {type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())[:300]}") from None
     return getattr(module, class_name)
 
 
 def create(config: BackendConfig) -> Backend:
-    """Instantiate a backend; its constructor checks that the device exists (exit 3)."""
-    return backend_class(config)(config)
+    """Instantiate a backend; its constructor checks that the device exists (exit 3).
+
+    A constructor that fails in any other way (a driver error, a broken runtime) is a
+    backend that cannot start: exit 3 with its message, not a traceback."""
+    from specengine.errors import SpecEngineError
+
+    cls = backend_class(config)
+    try:
+        return cls(config)
+    except SpecEngineError:
+        raise
+    except Exception as exc:
+        raise BackendUnavailable(f"backend '{config.name}' ({config.runtime} on "
+                                 f"{config.device}) could not start: {type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())[:300]}") from None
 
 
 def _extra(config: BackendConfig) -> str:

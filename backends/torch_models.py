@@ -3,6 +3,7 @@ the ONNX exporter and localisation)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from specengine.errors import BackendCrashed, ModelSourceError
@@ -33,8 +34,10 @@ def load_torch_model(resolved, dtype: str = "float32", device: str = "cpu",
 
     spec = resolved.spec
     factory = AutoModel if spec.kind == "embedding" else AutoModelForCausalLM
+    # weights_only: a pickled checkpoint (*.bin) may hold tensors and nothing else
     kwargs: dict[str, Any] = dict(dtype=torch_dtype(dtype), local_files_only=True,
-                                  trust_remote_code=bool(spec.trust_remote_code))
+                                  trust_remote_code=bool(spec.trust_remote_code),
+                                  weights_only=True)
     device_map = device_map if device_map is not None else spec.device_map
     max_memory = max_memory if max_memory is not None else spec.max_memory
     if device_map is not None:
@@ -46,13 +49,22 @@ def load_torch_model(resolved, dtype: str = "float32", device: str = "cpu",
         model = factory.from_pretrained(str(resolved.hf_dir), **kwargs)
     except (OSError, ValueError) as exc:
         message = " ".join(str(exc).split())[:400]
-        if "trust_remote_code" in message:
+        if "trust_remote_code" in str(exc):   # the hint may lie past the first 400 chars
             raise ModelSourceError(f"{resolved.hf_dir} needs its own code: set "
                                    f"model.trust_remote_code: true in the spec if you trust it "
                                    f"[{spec.where}]") from None
         raise ModelSourceError(f"cannot load the model from {resolved.hf_dir}: {message}") from None
     except RuntimeError as exc:
         raise BackendCrashed(f"loading the model failed: {' '.join(str(exc).split())[:400]}") from None
+    except Exception as exc:
+        if type(exc).__name__ != "UnpicklingError":
+            raise
+        pickled = sorted(p.name for p in Path(resolved.hf_dir).glob("*")
+                         if p.suffix in (".bin", ".pt", ".pth")) or ["pickled weights"]
+        raise ModelSourceError(f"{resolved.hf_dir}: refusing to load {', '.join(pickled)}: "
+                               "the pickle holds Python objects besides tensors, and weights are "
+                               "only ever loaded with torch.load(weights_only=True); convert them "
+                               f"to safetensors [{spec.where}]") from None
     if device_map is None:
         model = model.to(device)
     model.eval()

@@ -195,12 +195,27 @@ def cmd_check(args) -> int:
         if not cases:
             print(f"note: {spec.path}: no case selected", file=sys.stderr)
             continue
-        run = check_spec(spec, args.backend, golden_dir, args.against, cases, args.fail_fast,
-                         perf=args.perf, localize=args.localize)
+        try:
+            run = check_spec(spec, args.backend, golden_dir, args.against, cases,
+                             args.fail_fast, perf=args.perf, localize=args.localize)
+        except SpecEngineError as exc:
+            _write_partial(runs, getattr(exc, "partial_run", None), args)
+            raise
         runs.append(run)
         if args.fail_fast and not run.passed:
             break
     return _finish(runs, args)
+
+
+def _write_partial(runs, partial, args) -> None:
+    """A run stopped by a crashed backend (out of memory): the requested reports are
+    still written, with the cases done so far and the crashed case marked `error`."""
+    from .report import write_reports
+
+    if partial is None:
+        return
+    write_reports(runs + [partial], json_path=args.json, markdown=args.markdown,
+                  html=args.html, junit=args.junit)
 
 
 def _finish(runs, args) -> int:
@@ -232,16 +247,20 @@ def cmd_run(args) -> int:
 
     golden_dir = args.golden_dir or default_golden_dir()
     specs = _specs(args.specs or [_default_spec()])
+    out = Path(args.report_dir)
+    args.json, args.markdown = out / "report.json", out / "report.md"
+    args.html, args.junit = out / "report.html", out / "report.xml"
     runs = []
     for spec in specs:
         if not golden_path(golden_dir, spec.name, spec.reference).exists():
             path = record_golden(spec, spec.reference, golden_dir)
             print(f"recorded {path} on {spec.reference}")
         cases = select_cases(spec, args.case, args.tag, args.expr)
-        runs.append(check_spec(spec, args.backend, golden_dir, None, cases, args.fail_fast))
-    out = Path(args.report_dir)
-    args.json, args.markdown = out / "report.json", out / "report.md"
-    args.html, args.junit = out / "report.html", out / "report.xml"
+        try:
+            runs.append(check_spec(spec, args.backend, golden_dir, None, cases, args.fail_fast))
+        except SpecEngineError as exc:
+            _write_partial(runs, getattr(exc, "partial_run", None), args)
+            raise
     return _finish(runs, args)
 
 
@@ -255,7 +274,10 @@ def _default_spec() -> str:
 def cmd_report(args) -> int:
     from .report import load_results
 
-    return _finish(load_results(args.results), args)
+    runs = load_results(args.results)
+    if not runs:
+        raise UsageError(f"{args.results}: the results file holds no runs")
+    return _finish(runs, args)
 
 
 def cmd_schema(args) -> int:

@@ -3,6 +3,11 @@ problems that stop a run, each carrying the exit code the CLI returns."""
 
 from __future__ import annotations
 
+import re
+
+# what a terminal or a log viewer would act on: C0/C1 controls (ESC, CR, BEL...), DEL
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
 
 class SpecEngineError(Exception):
     """Base class. `exit_code` is what the command line returns for it."""
@@ -10,7 +15,11 @@ class SpecEngineError(Exception):
     exit_code = 2
 
     def one_line(self) -> str:
-        return " ".join(str(self).split("\n"))
+        """The message on one line, with control characters from hostile input (a spec
+        key, a prompt) shown as escapes instead of reaching the terminal."""
+        text = " ".join(str(self).split("\n"))
+        return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                            else f"\\u{ord(m.group()):04x}", text)
 
 
 class UsageError(SpecEngineError):

@@ -6,7 +6,10 @@ numbers land in `results` dataclasses.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from . import compare
-from .errors import BackendCrashed, BackendUnavailable, GoldenError, SpecEngineError
+from .errors import BackendCrashed, BackendUnavailable, GoldenError, SpecEngineError, SpecError
 from .golden import (Golden, build_golden, case_hash, describe_changes, golden_path,
                      load_golden, step_record, write_golden)
 from .progress import bar
@@ -54,8 +57,21 @@ def record_case(session: Session, case: Case, sketch: bool = True) -> dict:
     """Run one case on the reference and return its golden record (with the layer sketch
     that `localize` needs when the backend returns hidden states and `sketch` is set)."""
     ids = session.prompt_ids(case)
-    gen = session.backend.generate([ids], case.max_new_tokens, case.top_k,
-                                   session.tokenizer.stop_ids)[0]
+    _check_length(session, case, ids)
+    try:
+        with _time_limit(session.spec.timeout_s):
+            gen = session.backend.generate([ids], case.max_new_tokens, case.top_k,
+                                           session.tokenizer.stop_ids)[0]
+    except CaseTimedOut:
+        raise BackendCrashed(f"backend '{session.config.name}': case '{case.id}' timed out "
+                             f"after {session.spec.timeout_s:g} s (defaults.timeout_s); "
+                             "nothing was recorded") from None
+    except SpecEngineError:
+        raise
+    except Exception as exc:  # a runtime's own bug: exit 3 naming the case, no golden
+        raise BackendCrashed(f"backend '{session.config.name}' failed on case '{case.id}': "
+                             f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}; "
+                             "nothing was recorded") from None
     if not gen.has_logprobs or len(gen.topk_logprobs) < len(gen.output_ids):
         raise BackendUnavailable(f"backend '{session.config.name}' returned no log-probs for "
                                  f"case '{case.id}', so it cannot record a golden: "
@@ -179,7 +195,15 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
             run.notes.append(f"candidate '{cand_name}' gives no log-probs, so the checks that need "
                              f"them are not run: {_unsupported(session.backend, 'scoring')}")
         for case in bar(cases, f"check {spec.name} on {cand_name}", len(cases)):
-            result = check_case(session, case, golden)
+            try:
+                result = check_case(session, case, golden)
+            except BackendCrashed as exc:   # out of memory: the backend cannot go on
+                run.cases.append(CaseResult(id=case.id, status=ERROR, line=case.line,
+                                            tags=list(case.tags), error=exc.one_line()))
+                run.notes.append(f"stopped at case '{case.id}': {exc.one_line()}")
+                run.finish()
+                exc.partial_run = run     # the CLI still writes the requested reports
+                raise
             run.cases.append(result)
             if localize and result.status == FAIL:
                 from .localize import localize_failed_case
@@ -285,7 +309,11 @@ def check_case(session: Session, case: Case, golden: Golden) -> CaseResult:
     tok = session.tokenizer
     result.golden_tokens = tok.token_strings(record["output_ids"])
     try:
-        _run_checks(session, case, golden, record, result)
+        with _time_limit(session.spec.timeout_s):
+            _run_checks(session, case, golden, record, result)
+    except CaseTimedOut:
+        result.error = (f"timed out after {session.spec.timeout_s:g} s (defaults.timeout_s); "
+                        "the remaining checks of this case were not run")
     except BackendCrashed as exc:
         if "out of memory" in str(exc).lower():
             raise
@@ -300,10 +328,73 @@ def check_case(session: Session, case: Case, golden: Golden) -> CaseResult:
     return result
 
 
+class CaseTimedOut(BaseException):
+    """A case ran past `defaults.timeout_s`. A BaseException (like KeyboardInterrupt), so
+    that a runtime's own `except Exception` cannot swallow it."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None):
+    """Raise CaseTimedOut in this (main) thread once `seconds` have passed.
+
+    SIGALRM interrupts Python code and blocking waits (a sleep, a socket read, a
+    generation loop between steps); a single native call (one huge kernel) is interrupted
+    when it returns. Off the main thread, or where there is no SIGALRM, nothing is timed.
+    """
+    if (not seconds or not hasattr(signal, "setitimer")
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+
+    def fire(signum, frame):
+        raise CaseTimedOut()
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _check_length(session: Session, case: Case, prompt_ids: list[int]) -> None:
+    """A prompt that cannot fit the model's context is refused with the numbers (exit 2)
+    before it reaches the backend (where it would fail obscurely or exhaust memory)."""
+    limit = _context_limit(session)
+    if limit and len(prompt_ids) + case.max_new_tokens > limit:
+        spec = session.spec
+        index = next((i for i, c in enumerate(spec.cases) if c is case), None)
+        line, col = (spec.located.where(("cases", index)) if spec.located and index is not None
+                     else (case.line or None, None))
+        raise SpecError(f"case '{case.id}': the prompt is {len(prompt_ids)} tokens and "
+                        f"max_new_tokens is {case.max_new_tokens}, more than the model's "
+                        f"context of {limit} tokens (max_position_embeddings); shorten it",
+                        str(spec.path), line, col)
+
+
+def _context_limit(session: Session) -> int | None:
+    """max_position_embeddings (or n_positions) of the model's config.json, if it has one."""
+    if not hasattr(session, "_context_limit"):
+        from .cache import read_json
+
+        limit = None
+        hf_dir = getattr(session.resolved, "hf_dir", None)
+        config = read_json(Path(hf_dir) / "config.json") if hf_dir else None
+        for cfg in (config or {}, (config or {}).get("text_config") or {}):
+            value = cfg.get("max_position_embeddings") or cfg.get("n_positions")
+            if isinstance(value, int) and value > 0:
+                limit = value
+                break
+        session._context_limit = limit
+    return session._context_limit
+
+
 def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
                 result: CaseResult) -> None:
     backend, tok, tol = session.backend, session.tokenizer, case.tolerance
     prompt_ids = list(record["prompt_ids"])
+    _check_length(session, case, prompt_ids)
     g_ids, g_lp, g_tail = golden.arrays(case.id)
     gen = _generate(session, case, prompt_ids, record)
     result.candidate_ids = list(gen.output_ids)
@@ -344,6 +435,7 @@ def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
             "teacher-forced", PASS if tf.passed else FAIL,
             ("; ".join(tf.failures) or "within tolerance") + (f" ({scores.note})" if scores.note else ""),
             {"kl_mean": tf.kl_mean, "kl_max": tf.kl_max, "top1_agreement": tf.top1_agreement,
+             "top1_agreement_all": tf.top1_agreement_all, "near_ties": tf.near_ties,
              "max_abs_dlogprob": tf.max_abs_dlogprob, "max_abs_dp": tf.max_abs_dp,
              "positions": len(tf.kl), "tolerance": tol.as_dict()}))
         result.per_position = {"kl": tf.kl, "abs_dlogprob": tf.abs_dlogprob}

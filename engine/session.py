@@ -9,6 +9,7 @@ from typing import Any
 from specengine.backends.base import Backend, BackendConfig
 from specengine.backends.registry import config_for, create
 
+from .errors import BackendCrashed, SpecEngineError
 from .results import Side
 from .sources import ResolvedSource, resolve
 from .spec import Case, ModelSpec, Spec
@@ -65,7 +66,13 @@ def open_session(spec: Spec, backend_name: str) -> Session:
     resolved = resolve(model)
     backend = create(config)
     with step(f"loading {resolved.origin} on {config.name}"):
-        backend.load(resolved)
+        try:
+            backend.load(resolved)
+        except SpecEngineError:
+            raise
+        except Exception as exc:  # a runtime's own error: exit 3 with its message
+            raise BackendCrashed(f"backend '{config.name}' could not load {resolved.origin}: "
+                                 f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
     tokenizer = load_tokenizer(resolved if not override else resolve(spec.model))
     return Session(spec, config, backend, resolved, tokenizer, override)
 

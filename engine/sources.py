@@ -138,18 +138,29 @@ def build_synthetic(model: ModelSpec, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+    from .progress import enabled
+
+    if not enabled():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()   # save_pretrained's "Writing model shards"
     syn = model.synthetic
     try:
         config = AutoConfig.for_model(syn["model_type"], **syn.get("config", {}))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ModelSourceError(f"synthetic model: {exc} [{model.where}]") from None
+    except Exception as exc:  # unknown type, or a value the config class refuses
+        raise ModelSourceError(f"synthetic model: {_first_line(exc)} [{model.where}]") from None
     if model.tokenizer == "bytes" and getattr(config, "vocab_size", 259) < 259:
         raise ModelSourceError(f"synthetic model: vocab_size {config.vocab_size} is smaller than "
                                f"the bytes tokenizer's 259 ids [{model.where}]")
     torch.manual_seed(int(syn.get("seed", 0)))
     factory = AutoModel if model.kind == "embedding" else AutoModelForCausalLM
-    with torch.device("cpu"):
-        net = factory.from_config(config, dtype=torch.float32)
+    try:
+        with torch.device("cpu"):
+            net = factory.from_config(config, dtype=torch.float32)
+    except Exception as exc:  # a config the architecture cannot be built from
+        raise ModelSourceError(f"synthetic model: cannot build {syn['model_type']} from its "
+                               f"config: {type(exc).__name__}: {_first_line(exc)} "
+                               f"[{model.where}]") from None
     std = syn.get("init_std")
     if std:
         gen = torch.Generator().manual_seed(int(syn.get("seed", 0)) + 1)
@@ -161,6 +172,11 @@ def build_synthetic(model: ModelSpec, out: Path) -> None:
     net.save_pretrained(str(out))
     if model.tokenizer == "bytes":
         (out / "specengine-tokenizer.json").write_text('{"type": "bytes"}\n')
+
+
+def _first_line(exc: Exception) -> str:
+    """An exception's message in one line of at most 300 characters."""
+    return " ".join(str(exc).split())[:300]
 
 
 def _torch_version() -> str:

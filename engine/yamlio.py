@@ -7,7 +7,10 @@ lists only. `Located.where(path)` gives the (line, col) of a value or key, 1-bas
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from .errors import SpecError
@@ -44,13 +47,75 @@ class Located:
 
 
 def load_yaml(text: str, file: str) -> Located:
-    """Parse YAML text safely into plain data with positions; SpecError on any problem."""
+    """Parse YAML text safely into plain data with positions; SpecError on any problem.
+
+    A document that libyaml (PyYAML's C parser, when installed) composes and the builder
+    accepts is taken from there — same YAML 1.2 tag rules as ruamel's, ~30x faster on a
+    1,000-case spec. Anything else (no libyaml, a %directive, a `...` line, a !tag, a tab,
+    CR or other line breaks, any error) goes through ruamel, which words every error;
+    tests/test_fuzz.py checks that the two give identical data and positions.
+    """
+    root = _compose_fast(text)
+    if root is not None:
+        located = Located(None, file)
+        try:
+            located.data = _Builder(located).build(root, ())
+            return located
+        except SpecError:
+            pass  # the reference parser below words the error
+    return _load_ruamel(text, file)
+
+
+_SLOW_ONLY = re.compile(r"^%|^\.\.\.|(?:^|[\s\[\]{},])!|[\t\r\x85\u2028\u2029\ufeff]", re.M)
+
+
+@lru_cache(maxsize=1)
+def _fast_loader():
+    """A libyaml composer with ruamel's YAML 1.2 implicit resolvers, or None."""
+    try:
+        from ruamel.yaml.resolver import implicit_resolvers
+        from yaml.cyaml import CParser
+        from yaml.resolver import BaseResolver
+    except ImportError:
+        return None
+
+    class Loader(CParser, BaseResolver):
+        yaml_implicit_resolvers: dict = {}
+
+        def __init__(self, stream):
+            CParser.__init__(self, stream)
+            BaseResolver.__init__(self)
+
+    for versions, tag, regexp, first in implicit_resolvers:
+        if (1, 2) in versions:
+            Loader.add_implicit_resolver(tag, re.compile(regexp.pattern, regexp.flags), first)
+    return Loader
+
+
+def _compose_fast(text: str):
+    """The root node as libyaml composes it, or None (not available, or not sure)."""
+    loader_class = _fast_loader()
+    if loader_class is None or _SLOW_ONLY.search(text):
+        return None
+    try:
+        loader = loader_class(text)
+        try:
+            return loader.get_single_node()
+        finally:
+            loader.dispose()
+    except Exception:
+        return None
+
+
+def _load_ruamel(text: str, file: str) -> Located:
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
     yaml = YAML(typ="safe", pure=True)
     try:
-        root = yaml.compose(text)
+        with warnings.catch_warnings():   # a reused anchor is legal YAML: no stderr noise
+            warnings.simplefilter("ignore")
+            root = yaml.compose(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
@@ -83,8 +148,6 @@ class _Builder:
         return SpecError(message, self.located.file, line, col)
 
     def build(self, node, path: tuple) -> Any:
-        from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
-
         self.count += 1
         if self.count > MAX_NODES:
             raise self._fail(node, f"document too large (more than {MAX_NODES} values after "
@@ -98,7 +161,7 @@ class _Builder:
                                    "(specs hold plain data: strings, numbers, booleans, "
                                    "null, maps and lists)")
         self.located.values[path] = self._pos(node)
-        if isinstance(node, MappingNode):
+        if node.id == "mapping":
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
                 key = self.build_key(key_node)
@@ -107,9 +170,9 @@ class _Builder:
                 self.located.keys[path + (key,)] = self._pos(key_node)
                 out[key] = self.build(value_node, path + (key,))
             return out
-        if isinstance(node, SequenceNode):
+        if node.id == "sequence":
             return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
-        if isinstance(node, ScalarNode):
+        if node.id == "scalar":
             if short == "str":
                 return node.value
             try:
@@ -119,9 +182,7 @@ class _Builder:
         raise self._fail(node, "unsupported YAML node")
 
     def build_key(self, node) -> str:
-        from ruamel.yaml.nodes import ScalarNode
-
-        if not isinstance(node, ScalarNode):
+        if node.id != "scalar":
             raise self._fail(node, "mapping keys must be plain scalars")
         tag = str(node.tag)
         if tag.startswith(_PLAIN) and tag[len(_PLAIN):] in {"str", "int", "bool", "null", "float"}:

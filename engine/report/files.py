@@ -114,6 +114,8 @@ def _read_json(path: PathLike) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise _fail(path, f"line {exc.lineno} column {exc.colno}: not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise _fail(path, "not a results file (JSON nested too deeply)") from None
 
 
 def load_results(path: PathLike) -> list[RunResult]:
