@@ -186,9 +186,6 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
                         candidate=cand_side, reference=ref_side,
                         comparison=comparison_label(cand_side, ref_side),
                         reference_kind=ref_kind)
-        if run.comparison == "self-check":
-            run.notes.append("self-check: both sides ran on the same runtime, device and dtype; "
-                             "this is not a cross-backend comparison")
         if session.model_override:
             run.notes.append(f"candidate '{cand_name}' runs its own model: {session.resolved.origin}")
         if not (session.backend.supports_logprobs and session.backend.supports_scoring):
