@@ -13,6 +13,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2_SPEC = REPO / "specs" / "smollm2-135m.yaml"
 
+# The tiny synthetic llama most CLI tests run (seconds per command, bytes tokenizer).
+TINY_MODEL = """\
+model:
+  synthetic:
+    model_type: llama
+    seed: 3
+    init_std: 0.4
+    config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
+             num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 300,
+             max_position_embeddings: 256}
+"""
+
 
 @dataclass
 class Result:

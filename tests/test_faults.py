@@ -19,20 +19,11 @@ import time
 import pytest
 
 from fault_backend import publish_figures, run_cli
-from helpers import assert_clean_error, load_json, write_spec
+from helpers import TINY_MODEL, assert_clean_error, load_json, write_spec
 
 FIGURES: dict = {}
 
-MODEL = """\
-model:
-  synthetic:
-    model_type: llama
-    seed: 3
-    init_std: 0.4
-    config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
-             num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 300,
-             max_position_embeddings: 256}
-"""
+MODEL = TINY_MODEL
 
 SPEC = """\
 specengine: 1

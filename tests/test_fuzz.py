@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fault_backend import publish_figures, run_cli
-from helpers import assert_clean_error, cli
+from helpers import TINY_MODEL, assert_clean_error, cli
 from specengine.errors import SpecError
 from specengine.yamlio import _Builder, _compose_fast, _load_ruamel, Located, load_yaml
 
@@ -370,15 +370,7 @@ def test_mutated_synthetic_models_record_or_fail_cleanly(tmp_path_factory, data)
 GOLDEN_SPEC = """\
 specengine: 1
 name: fuzz-golden
-model:
-  synthetic:
-    model_type: llama
-    seed: 3
-    init_std: 0.4
-    config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
-             num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 300,
-             max_position_embeddings: 256}
-defaults:
+""" + TINY_MODEL + """defaults:
   max_new_tokens: 4
   determinism: {runs: 1}
 cases:

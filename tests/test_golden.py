@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from helpers import assert_clean_error, cli, load_json, write_spec
+from helpers import TINY_MODEL, assert_clean_error, cli, load_json, write_spec
 from specengine.errors import GoldenError, UsageError
 from specengine.golden import (build_golden, dumps, golden_path, load_golden,
                                step_record, write_golden)
@@ -13,15 +13,7 @@ TINY = """\
 # yaml-language-server: $schema=../schemas/spec.schema.json
 specengine: 1
 name: tiny-llama
-model:
-  synthetic:
-    model_type: llama
-    seed: 3
-    init_std: 0.4
-    config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
-             num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 300,
-             max_position_embeddings: 256}
-defaults:
+""" + TINY_MODEL + """defaults:
   max_new_tokens: 6
 cases:
   - id: hello

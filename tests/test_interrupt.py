@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from fault_backend import publish_figures, run_cli
-from helpers import REPO, cli, write_spec
+from helpers import TINY_MODEL, REPO, cli, write_spec
 from specengine.golden import build_golden, dumps, load_golden, step_record
 
 FIGURES: dict = {}
@@ -33,15 +33,7 @@ SEED = int(os.environ.get("SPECENGINE_KILL_SEED", "20240601"))
 SPEC = """\
 specengine: 1
 name: tiny-interrupt
-model:
-  synthetic:
-    model_type: llama
-    seed: 3
-    init_std: 0.4
-    config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
-             num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 300,
-             max_position_embeddings: 256}
-defaults:
+""" + TINY_MODEL + """defaults:
   max_new_tokens: NEW
 cases:
   - id: hello

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from fault_backend import publish_figures, run_cli
-from helpers import assert_clean_error, cli, write_spec
+from helpers import TINY_MODEL, assert_clean_error, cli, write_spec
 from specengine.golden import build_golden, golden_path, load_golden, write_golden
 from specengine.spec import load_spec
 
@@ -22,15 +22,7 @@ FIGURES: dict = {}
 HEAD = """\
 specengine: 1
 name: NAME
-model:
-  synthetic:
-    model_type: llama
-    seed: 3
-    init_std: 0.4
-    config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
-             num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 300,
-             max_position_embeddings: 256}
-defaults:
+""" + TINY_MODEL + """defaults:
   max_new_tokens: NEW
   determinism: {runs: 1}
 cases:
