@@ -175,8 +175,9 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
         ref_kind = "live"
     else:
         ref_name = spec.reference
+        resolved = reference_source(spec, ref_name)   # a missing model names its variable first
         golden = load_golden(golden_path(golden_dir, spec.name, ref_name), spec.name)
-        _check_staleness(spec, golden, ref_name, cases)
+        _check_staleness(spec, golden, ref_name, cases, resolved)
         ref_side, ref_kind = _golden_side(golden), "golden"
     session = open_session(spec, cand_name)
     _bind_chats(session)
@@ -250,10 +251,11 @@ def _golden_side(golden: Golden) -> Side:
     return side
 
 
-def _check_staleness(spec: Spec, golden: Golden, ref_name: str, cases: list[Case]) -> None:
+def _check_staleness(spec: Spec, golden: Golden, ref_name: str, cases: list[Case],
+                     resolved=None) -> None:
     from .session import tokenizer_for
 
-    resolved = reference_source(spec, ref_name)
+    resolved = resolved or reference_source(spec, ref_name)
     if resolved.fingerprint != golden.data["model"]["fingerprint"]:
         raise GoldenError(f"golden {golden.path} was recorded from another model "
                           f"({golden.data['model']['fingerprint'][:23]}…, now "

@@ -152,3 +152,7 @@ def test_missing_model_source_names_the_variable(tmp_path):
     msg = assert_clean_error(result, 2)
     assert "SPECENGINE_TEST_MODELS" in msg and "Tiny-7B" in msg and "m.yaml:5:" in msg
     assert not (tmp_path / "g").exists()
+    # a plain check names the variable too (before complaining about the missing golden)
+    check = cli("check", spec, "--backend", "cpu", "--golden-dir", tmp_path / "g",
+                env={"SPECENGINE_TEST_MODELS": str(tmp_path / "nowhere")})
+    assert "SPECENGINE_TEST_MODELS" in assert_clean_error(check, 2)
