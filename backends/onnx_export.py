@@ -37,7 +37,7 @@ from typing import Any
 
 from specengine.errors import BackendUnavailable
 
-RECIPE = "hf-decode-step/2"       # bump when the export recipe changes what it writes
+RECIPE = "hf-decode-step/3"       # bump when the export recipe changes what it writes
 GRAPH_FILE = "model.onnx"
 META_FILE = "specengine-onnx.json"
 EXPORTS = 0                       # exports performed by this process (tests assert on it)
@@ -139,9 +139,6 @@ def _trace_and_save(resolved, settings: dict[str, Any], out: Path) -> dict[str, 
     from .torch_models import load_torch_model
 
     model = load_torch_model(resolved, settings["dtype"], "cpu")
-    can_set = getattr(model, "_can_set_experts_implementation", lambda: False)()
-    if settings["experts"] and can_set:
-        model.set_experts_implementation(settings["experts"])
     ids = probe_ids(model.config)
     with torch.no_grad():
         cache = model(input_ids=ids[:, :2], use_cache=True).past_key_values
@@ -150,7 +147,7 @@ def _trace_and_save(resolved, settings: dict[str, Any], out: Path) -> dict[str, 
     multi = settings["multi_token"]
     multi = not recurrent if multi == "auto" else bool(multi)
     gen = GenerationConfig(do_sample=False, pad_token_id=_pad_id(model.config))
-    with export_friendly(model) as rewrites:
+    with export_friendly(model, settings["experts"]) as rewrites:
         parts = decompose_for_generation(model, {"input_ids": ids[:, :8],
                                                  "attention_mask": torch.ones_like(ids[:, :8])},
                                          generation_config=gen, multi_token_decode=multi)
@@ -164,8 +161,7 @@ def _trace_and_save(resolved, settings: dict[str, Any], out: Path) -> dict[str, 
     state = {name: _empty_shape(name, tensor) for name, tensor in leaves.items()}
     meta = {"graph": "kv", "multi_token": multi, "architecture": type(model).__name__,
             "model_type": getattr(model.config, "model_type", ""),
-            "state_shapes": state, "recurrent_state": recurrent,
-            "experts": settings["experts"] if can_set else None, "rewrites": rewrites}
+            "state_shapes": state, "recurrent_state": recurrent, "rewrites": rewrites}
     meta["validation"] = _validate(model, out / GRAPH_FILE, meta, ids, settings)
     return meta
 
@@ -338,8 +334,6 @@ def describe_export(meta: dict[str, Any]) -> dict[str, Any]:
     val = meta.get("validation") or {}
     if val:
         out["onnx_export_max_abs_logit_diff"] = val.get("max_abs_logit_diff")
-    if meta.get("experts"):
-        out["onnx_experts"] = meta["experts"]
     if meta.get("rewrites"):
         out["onnx_rewrites"] = ", ".join(meta["rewrites"])
     out["onnx_exported_now"] = bool(meta.get("exported_now"))

@@ -107,8 +107,9 @@ class OnnxGraph:
         padded = list(ids)
         if self.fixed_length:
             if n > self.fixed_length:
-                raise GraphError(f"the graph takes at most {self.fixed_length} tokens, "
-                                 f"this sequence has {n}")
+                raise GraphError(f"the graph takes at most {self.fixed_length} tokens (a fixed "
+                                 f"input length), this sequence has {n}: export it with a "
+                                 "longer or a dynamic sequence axis")
             padded = padded + [0] * (self.fixed_length - n)   # right padding: causal
         logits = self._run(padded, Cursor([]))
         return logits[:n]

@@ -65,11 +65,17 @@ def _branch_free_forward(module):
 
 
 @contextlib.contextmanager
-def export_friendly(model) -> Iterator[list[str]]:
-    """Apply the rewrites this model needs; yields their names (recorded with the export)."""
+def export_friendly(model, experts: str | None = "batched_mm") -> Iterator[list[str]]:
+    """Apply the rewrites this model needs; yields their names (recorded with the export).
+    Everything is undone on exit, so the model validates against its own eager code."""
     applied: list[str] = []
     patched = []
+    restore_experts = None
     try:
+        if experts and getattr(model, "_can_set_experts_implementation", lambda: False)():
+            restore_experts = model.get_experts_implementation()
+            model.set_experts_implementation(experts)
+            applied.append(f"experts-{experts}")
         for module in _dynamic_rope_modules(model):
             module.forward = _branch_free_forward(module)
             patched.append(module)
@@ -79,3 +85,5 @@ def export_friendly(model) -> Iterator[list[str]]:
     finally:
         for module in patched:
             del module.forward
+        if restore_experts is not None:
+            model.set_experts_implementation(restore_experts)

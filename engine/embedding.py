@@ -351,19 +351,12 @@ def record_embedding_golden(spec, backend_name: str, golden_dir: Path, update: b
     """Record every case of an embedding spec into golden/<spec>/<backend>.json."""
     from specengine.backends.registry import config_for
 
-    from .golden import golden_path, write_golden
+    from .golden import golden_path, previous_golden, write_golden
 
     name = config_for(backend_name, spec.backends).name
     path = golden_path(golden_dir, spec.name, name)
-    old = None
-    if path.exists():
-        if not update:
-            raise GoldenError(f"a golden already exists at {path}; pass --update to re-record "
-                              "it (the changes are shown)")
-        try:
-            old = load_embedding_golden(path, spec.name).data
-        except GoldenError as exc:
-            echo(f"note: replacing an unreadable golden ({exc.one_line()})")
+    old = previous_golden(path, update,
+                          lambda p: load_embedding_golden(p, spec.name).data, echo)
     session = open_embedding_session(spec, name)
     try:
         records, settings = _record_cases(session, spec.cases, f"record {spec.name} on {name}")

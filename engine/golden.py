@@ -111,6 +111,21 @@ class Golden:
         return ids, lp, tail
 
 
+def previous_golden(path: Path, update: bool, load, echo):
+    """What a re-record replaces: None when there is no golden yet; GoldenError without
+    --update; an unreadable golden is replaced with a note (`load` reads one kind)."""
+    if not Path(path).exists():
+        return None
+    if not update:
+        raise GoldenError(f"a golden already exists at {path}; pass --update to re-record "
+                          "it (the changes are shown)")
+    try:
+        return load(path)
+    except GoldenError as exc:
+        echo(f"note: replacing an unreadable golden ({exc.one_line()})")
+        return None
+
+
 def load_golden(path: Path, spec_name: str | None = None) -> Golden:
     """Read and verify a golden; GoldenError (exit 2) naming the problem."""
     from jsonschema import Draft202012Validator

@@ -513,20 +513,12 @@ def record_ops_golden(spec, backend_name: str, golden_dir: Path, update: bool = 
     from specengine.backends.registry import config_for
 
     from .cache import atomic_write_text
-    from .golden import content_hash, dumps, golden_path
+    from .golden import content_hash, dumps, golden_path, previous_golden
     from .progress import bar
 
     name = config_for(backend_name, spec.backends).name
     path = golden_path(golden_dir, spec.name, name)
-    old = None
-    if path.exists():
-        if not update:
-            raise GoldenError(f"a golden already exists at {path}; pass --update to re-record "
-                              "it (the changes are shown)")
-        try:
-            old = load_ops_golden(path, spec.name)
-        except GoldenError as exc:
-            echo(f"note: replacing an unreadable golden ({exc.one_line()})")
+    old = previous_golden(path, update, lambda p: load_ops_golden(p, spec.name), echo)
     runner = OpRunner(spec, name)
     try:
         side = runner.side()

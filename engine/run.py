@@ -19,7 +19,7 @@ import numpy as np
 from . import compare
 from .errors import BackendCrashed, BackendUnavailable, GoldenError, SpecEngineError, SpecError
 from .golden import (Golden, build_golden, case_hash, describe_changes, golden_path,
-                     load_golden, step_record, write_golden)
+                     load_golden, previous_golden, step_record, write_golden)
 from .progress import bar
 from .results import ERROR, FAIL, NOT_RUN, PASS, CaseResult, Check, RunResult, Side, TopKRow
 from .session import Session, open_session, reference_source
@@ -114,15 +114,7 @@ def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool 
 
     name = config_for(backend_name, spec.backends).name
     path = golden_path(golden_dir, spec.name, name)
-    old = None
-    if path.exists():
-        if not update:
-            raise GoldenError(f"a golden already exists at {path}; pass --update to re-record "
-                              "it (the changes are shown)")
-        try:
-            old = load_golden(path, spec.name).data
-        except GoldenError as exc:
-            echo(f"note: replacing an unreadable golden ({exc.one_line()})")
+    old = previous_golden(path, update, lambda p: load_golden(p, spec.name).data, echo)
     session = open_session(spec, name)
     _bind_chats(session)
     try:

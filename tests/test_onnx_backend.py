@@ -356,3 +356,106 @@ def test_cli_check_smollm2_onnx_against_committed_golden(tmp_path):
     assert ok.rc == 0, ok.text
     run = load_json(tmp_path / "r.json")["runs"][0]
     assert run["status"] == "pass", run
+
+
+# -- graphs of other shapes (user-supplied files), on hand-built ONNX models ----------------
+
+V = 11   # vocab of the hand-built bigram graphs: token t's logits are row t of BIGRAM
+
+
+def _bigram():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(V, V)).astype(np.float32) * 3
+
+
+def _save(graph, path: Path) -> Path:
+    import onnx
+
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def full_graph(path: Path, length) -> Path:
+    """input_ids [1, L] -> logits [1, L, V] (no state), L symbolic or fixed."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["W", "input_ids"], ["logits"], axis=0)], "bigram",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, length])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, length, V])],
+        [numpy_helper.from_array(_bigram(), "W")])
+    return _save(graph, path)
+
+
+def optimum_kv_graph(path: Path) -> Path:
+    """Optimum-style names: past_key_values.0.key -> present.0.key; the state is the ids
+    seen so far (as floats), so the test can read what the runner fed it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Gather", ["W", "input_ids"], ["logits"], axis=0),
+             helper.make_node("Cast", ["input_ids"], ["ids_f"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["ids_f", "axes"], ["new"]),
+             helper.make_node("Concat", ["past_key_values.0.key", "new"], ["present.0.key"],
+                              axis=2)]
+    graph = helper.make_graph(
+        nodes, "bigram-kv",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "S"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, "T"]),
+         helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT,
+                                       ["B", 1, "P", 1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "S", V]),
+         helper.make_tensor_value_info("present.0.key", TensorProto.FLOAT, ["B", 1, "T", 1])],
+        [numpy_helper.from_array(_bigram(), "W"),
+         numpy_helper.from_array(np.asarray([1, 3], dtype=np.int64), "axes")])
+    return _save(graph, path)
+
+
+def _greedy_bigram(prompt: list[int], n: int) -> list[int]:
+    out, last = [], prompt[-1]
+    for _ in range(n):
+        last = int(np.argmax(_bigram()[last]))
+        out.append(last)
+    return out
+
+
+class _Causal:
+    class spec:
+        kind = "causal-lm"
+
+
+@pytest.mark.parametrize("length", ["L", 8])
+def test_full_graph_without_state(tmp_path, length):
+    """No cache: every step re-runs the prefix; a fixed length is right-padded."""
+    from specengine.backends.onnx_graph import GraphError
+
+    backend = onnx_backend(onnx_file=str(full_graph(tmp_path / "m.onnx", length)))
+    backend.load(_Causal())
+    assert backend.graph.kind == "full"
+    prompt = [1, 4, 2]
+    gen = backend.generate([prompt], 5, 3)[0]
+    assert gen.output_ids == _greedy_bigram(prompt, 5)
+    lp = _bigram()[prompt[-1]].astype(np.float64)
+    lp = lp - np.log(np.exp(lp - lp.max()).sum()) - lp.max()
+    np.testing.assert_allclose(gen.topk_logprobs[0], np.sort(lp)[::-1][:3], atol=1e-6)
+    if length == 8:
+        assert "fixed length 8" in backend.environment()["settings"]["onnx_graph"]
+        with pytest.raises(GraphError, match="at most 8 tokens"):
+            backend.graph.prefill(list(range(9)))
+
+
+def test_optimum_style_kv_graph(tmp_path):
+    """past_key_values.N.key / present.N.key pairing, empty state from the declared shape
+    (batch 1, past 0), the attention mask over past + new tokens."""
+    backend = onnx_backend(onnx_file=str(optimum_kv_graph(tmp_path / "kv.onnx")))
+    backend.load(_Causal())
+    graph = backend.graph
+    assert graph.kind == "kv" and graph.multi_token
+    assert graph.state_out == {"past_key_values.0.key": "present.0.key"}
+    logits, cursor = graph.prefill([1, 4, 2])
+    np.testing.assert_array_equal(logits, _bigram()[[1, 4, 2]])
+    graph.advance(cursor, 7)
+    assert cursor.state["past_key_values.0.key"][0, 0, :, 0].tolist() == [1, 4, 2, 7]
+    assert backend.generate([[3, 5]], 4, 2)[0].output_ids == _greedy_bigram([3, 5], 4)
