@@ -276,6 +276,8 @@ def _quiet(log: io.StringIO):
     saved = [(lg, lg.level, lg.propagate) for lg in loggers]
     old_verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    old_disable = logging.root.manager.disable
+    logging.disable(logging.WARNING)     # torch.onnx's registry warns through its own handlers
     for lg in loggers:
         lg.addHandler(handler)
         lg.setLevel(logging.ERROR)
@@ -290,6 +292,7 @@ def _quiet(log: io.StringIO):
             lg.setLevel(level)
             lg.propagate = propagate
         hf_logging.set_verbosity(old_verbosity)
+        logging.disable(old_disable)
 
 
 _OPERATOR_PATTERNS = (
