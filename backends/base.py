@@ -83,6 +83,9 @@ class BackendConfig:
     device: str = "cpu"
     dtype: str = "float32"
     options: dict[str, Any] = field(default_factory=dict)  # runtime-specific settings
+    # declared weight / activation / KV-cache formats of a quantized deployment
+    # (e.g. {"weights": "int8", "activations": "int8"}); None for a plain float model
+    quantization: dict[str, Any] | None = None
 
 
 class Backend(ABC):
