@@ -1,8 +1,9 @@
 """The NPU backend: the torch backend with torch_npu imported and device `npu`.
 
-Only what is NPU-specific lives here: the import, the device check, synchronize, memory
-statistics and the deterministic switches. Everything else is the torch backend, which
-the CPU and CUDA runs exercise.
+Only what is NPU-specific lives here: the import of `torch_npu` (which registers the `npu`
+device with torch) and Ascend's own deterministic switches. The availability check,
+synchronize, memory statistics, the device name and the cache release are the torch
+runtime's device-generic layer, the same code the CPU and CUDA runs exercise.
 """
 
 from __future__ import annotations
@@ -26,10 +27,7 @@ class NpuBackend(TorchBackend):
         except Exception as exc:  # CANN libraries missing, driver mismatch, ...
             raise BackendUnavailable(f"backend '{self.name}': torch_npu failed to load: "
                                      f"{' '.join(str(exc).split())[:200]}") from None
-        if not self.torch.npu.is_available():
-            raise BackendUnavailable(f"backend '{self.name}': torch_npu is installed but no "
-                                     "NPU is available")
-        self.apply_determinism()
+        super().prepare_device()
 
     def apply_determinism(self) -> None:
         super().apply_determinism()
@@ -40,23 +38,7 @@ class NpuBackend(TorchBackend):
         self.torch.npu.set_compile_mode(jit_compile=False)
         self.settings["npu.jit_compile"] = "False"
 
-    def synchronize(self) -> None:
-        self.torch.npu.synchronize()
-
-    def device_name(self) -> str:
-        return self.torch.npu.get_device_name(self.config.device)
-
-    def peak_memory_bytes(self) -> int | None:
-        return int(self.torch.npu.max_memory_allocated(self.config.device))
-
-    def reset_peak_memory(self) -> None:
-        self.torch.npu.reset_peak_memory_stats(self.config.device)
-
     def extra_versions(self) -> dict[str, str]:
         import torch_npu
 
         return {"torch_npu": getattr(torch_npu, "__version__", "unknown")}
-
-    def close(self) -> None:
-        self.model = None
-        self.torch.npu.empty_cache()

@@ -7,7 +7,6 @@ scoring is one forward pass over prompt + target.
 
 from __future__ import annotations
 
-import platform
 import time
 from typing import Any, Sequence
 
@@ -16,6 +15,7 @@ import numpy as np
 from specengine.errors import BackendCrashed, BackendUnavailable
 
 from .base import Backend, BackendConfig, Embedded, Generation, Scores
+from .torch_device import TorchDevice, cpu_name
 from .torch_models import device_placement, load_torch_model
 
 
@@ -36,45 +36,30 @@ class TorchBackend(Backend):
         self.settings: dict[str, Any] = {}
         self.prepare_device()
 
-    # -- device hooks (the NPU layer overrides these) -------------------------------
+    # -- device hooks: one path for every device family (TorchDevice); the NPU layer
+    #    adds its import and its own switches -------------------------------------------
     def prepare_device(self) -> None:
-        family = self.config.device.split(":")[0]
-        if family == "cuda" and not self.torch.cuda.is_available():
-            raise BackendUnavailable(
-                f"backend '{self.name}': no CUDA device is visible to torch "
-                f"{self.torch.__version__} (CUDA build: {self.torch.version.cuda or 'no'})")
-        if family not in ("cpu", "cuda"):
-            raise BackendUnavailable(f"backend '{self.name}': device '{self.config.device}' is "
-                                     "not supported by the torch runtime")
+        self.device_layer = TorchDevice(self.torch, self.config.device)
+        self.device_layer.check_available(self.name)
         self.apply_determinism()
 
     def apply_determinism(self) -> None:
-        torch = self.torch
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        self.settings["torch.use_deterministic_algorithms"] = "True (warn_only)"
-        if self.config.device.startswith("cuda"):
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cuda.matmul.allow_tf32 = False
-            self.settings["cudnn.benchmark"] = "False"
-            self.settings["cuda.matmul.allow_tf32"] = "False"
+        self.settings.update(self.device_layer.apply_determinism())
 
     def synchronize(self) -> None:
-        if self.config.device.startswith("cuda"):
-            self.torch.cuda.synchronize()
+        self.device_layer.synchronize()
 
     def device_name(self) -> str:
-        if self.config.device.startswith("cuda"):
-            return self.torch.cuda.get_device_name(self.config.device)
-        return _cpu_name()
+        return self.device_layer.name()
 
     def peak_memory_bytes(self) -> int | None:
-        if self.config.device.startswith("cuda"):
-            return int(self.torch.cuda.max_memory_allocated(self.config.device))
-        return _host_peak_rss()
+        return self.device_layer.peak_memory_bytes()
 
     def reset_peak_memory(self) -> None:
-        if self.config.device.startswith("cuda"):
-            self.torch.cuda.reset_peak_memory_stats(self.config.device)
+        self.device_layer.reset_peak_memory()
+
+    def peak_memory_source(self) -> str:
+        return self.device_layer.peak_memory_source()
 
     # -- interface ------------------------------------------------------------------
     def load(self, source) -> None:
@@ -231,8 +216,7 @@ class TorchBackend(Backend):
 
     def close(self) -> None:
         self.model = None
-        if self.config.device.startswith("cuda"):
-            self.torch.cuda.empty_cache()
+        self.device_layer.empty_cache()
 
 
 def _topk_tail(torch, logits, k: int):
@@ -259,21 +243,4 @@ def _collect(prompts, chosen, steps_ids, steps_lp, steps_tail, timings) -> list[
     return out
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _host_peak_rss() -> int | None:
-    try:
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-    except (ImportError, OSError):
-        return None
+_cpu_name = cpu_name            # the host's CPU model (ONNX and operator oracles use it too)

@@ -157,7 +157,9 @@ class _PeakMemory:
         self.host = str(getattr(backend.config, "device", "cpu")).split(":")[0] == "cpu"
         self.resettable = self.host and _clear_host_peak()
         if not self.host:
-            self.kind = "device allocator peak (reset per batch size)"
+            source = getattr(backend, "peak_memory_source", None)
+            where = f"{source()}, " if callable(source) else ""
+            self.kind = f"device allocator peak ({where}reset per batch size)"
         elif self.resettable:
             self.kind = "host peak RSS (VmHWM, reset per batch size)"
         else:
