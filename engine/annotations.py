@@ -25,7 +25,7 @@ from typing import Iterable, Iterator
 from .results import ERROR, FAIL, CaseResult, RunResult
 from .report.model import case_metrics, failing_checks, perf_view, run_title
 from .report.terminal import render_terminal
-from .report.text import fmt, fmt_ratio, one_line, truncate
+from .report.text import fmt, fmt_ratio, one_line, token_text, truncate
 
 ANNOTATION_FORMATS = ("github",)
 MAX_ANNOTATIONS = 50          # GitHub shows at most 50 annotations of a kind per job
@@ -135,21 +135,18 @@ def case_failure_text(run: RunResult, case: CaseResult, color: bool = False) -> 
 
 
 def _continuations(case: CaseResult) -> list[str]:
+    from .report.tokens import decoded, divergence_texts, marked
+
     step = case.divergence_step
     out = []
     for label, tokens, text in (("golden", case.golden_tokens, case.golden_text),
                                 ("candidate", case.candidate_tokens, case.candidate_text)):
-        if step is not None and tokens:
-            shown = "".join(tokens[:step]) + "⟦" + "".join(tokens[step:step + 1]) + "⟧" + \
-                "".join(tokens[step + 1:])
-        else:
-            shown = text
-        out.append(f"  {label + ':':<10} {truncate(repr(shown), 500)}")
+        shown = marked(case, label) if step is not None and tokens else decoded(case, label)
+        out.append(f"  {label + ':':<10} {truncate(one_line(shown), 500)}")
     if step is not None:
-        g = case.golden_tokens[step] if step < len(case.golden_tokens) else None
-        c = case.candidate_tokens[step] if step < len(case.candidate_tokens) else None
-        out.append(f"  first divergence at step {step}: golden {g!r}, candidate {c!r} "
-                   "(marked ⟦ ⟧ above)")
+        g, c = divergence_texts(case)
+        out.append(f"  first divergence at step {step}: golden {token_text(g or '(end)')}, "
+                   f"candidate {token_text(c or '(end)')} (marked ⟦ ⟧ above)")
     return out
 
 

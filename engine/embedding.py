@@ -316,12 +316,13 @@ def _check_finite(arrays: dict, name: str, case_id: str) -> None:
 
 
 def _record_cases(session: EmbeddingSession, cases, echo_bar: str) -> tuple[dict, dict]:
-    from .progress import bar
+    from .progress import cases as progress_cases
 
     spec = session.spec
     records: dict[str, dict] = {}
     resolved_settings: dict | None = None
-    for case in bar(cases, echo_bar, len(cases)):
+    action, _, backend = echo_bar.partition(f" {spec.name} on ")
+    for case in progress_cases(cases, action, spec.name, backend):
         prepared = session.inputs(case)
         if resolved_settings is None:
             probe = session.forward(prepared)
@@ -382,7 +383,7 @@ def check_embedding_spec(spec, backend_name: str, golden_dir: Path | None = None
     from specengine.backends.registry import config_for
 
     from .golden import Golden, golden_path
-    from .progress import bar
+    from .progress import cases as progress_cases
     from .run import _golden_side, comparison_label
 
     started = time.perf_counter()
@@ -411,7 +412,7 @@ def check_embedding_spec(spec, backend_name: str, golden_dir: Path | None = None
                         comparison=comparison_label(cand_side, ref_side), reference_kind=ref_kind)
         if session.model_override:
             run.notes.append(f"candidate '{cand_name}' runs its own model: {session.resolved.origin}")
-        for case in bar(cases, f"check {spec.name} on {cand_name}", len(cases)):
+        for case in progress_cases(cases, "check", spec.name, cand_name, run.cases):
             result = check_case(session, case, golden)
             run.cases.append(result)
             run.notes.append(case_note(result))

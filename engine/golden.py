@@ -21,9 +21,33 @@ GOLDEN_FORMAT = 1
 ROUND = 6   # decimals kept for log-probabilities
 
 
-def default_golden_dir() -> Path:
-    """--golden-dir, else $SPECENGINE_GOLDEN_DIR, else ./golden."""
-    return Path(os.environ.get("SPECENGINE_GOLDEN_DIR") or "golden")
+PROJECT_MARKERS = (".git", "pyproject.toml", "setup.cfg", "setup.py")
+
+
+def default_golden_dir(spec_path: str | os.PathLike | None = None) -> Path:
+    """Where a spec's goldens live, the one rule every command uses (an explicit
+    --golden-dir wins over it):
+
+    1. $SPECENGINE_GOLDEN_DIR when set;
+    2. else the nearest `golden/` folder in the spec's folder or a folder above it;
+    3. else `golden/` in the spec's project root (the nearest folder above it holding
+       `.git` or `pyproject.toml`), created there when the first golden is recorded;
+    4. else `golden/` beside the spec.
+
+    The answer depends on where the spec is, never on the current folder. Without a spec
+    (nothing to anchor on) the current folder stands in for the spec's folder.
+    """
+    env = os.environ.get("SPECENGINE_GOLDEN_DIR")
+    if env:
+        return Path(env)
+    start = Path(spec_path).resolve().parent if spec_path is not None else Path.cwd().resolve()
+    for folder in (start, *start.parents):
+        if (folder / "golden").is_dir():
+            return folder / "golden"
+    for folder in (start, *start.parents):
+        if any((folder / marker).exists() for marker in PROJECT_MARKERS):
+            return folder / "golden"
+    return start / "golden"
 
 
 def golden_path(golden_dir: Path, spec_name: str, backend: str, suffix: str = ".json") -> Path:

@@ -433,7 +433,7 @@ def check_ops_spec(spec, backend_name: str, golden_dir: Path | None = None,
     from specengine.backends.registry import config_for
 
     from .golden import default_golden_dir, golden_path
-    from .progress import bar
+    from .progress import cases as progress_cases
     from .run import comparison_label
 
     started = time.perf_counter()
@@ -462,7 +462,7 @@ def check_ops_spec(spec, backend_name: str, golden_dir: Path | None = None,
                         comparison=comparison_label(cand_side, ref_side),
                         reference_kind="live")
         per_op_self = []
-        for case in bar(cases, f"ops {spec.name} on {runner.config.name}", len(cases)):
+        for case in progress_cases(cases, "check", spec.name, runner.config.name, run.cases):
             result = _op_result(case, runner, ref_runner, ref_side, cand_side,
                                 golden["ops"].get(case.id) if golden else None,
                                 golden["backend"] if golden else None)
@@ -514,7 +514,7 @@ def record_ops_golden(spec, backend_name: str, golden_dir: Path, update: bool = 
 
     from .cache import atomic_write_text
     from .golden import content_hash, dumps, golden_path, previous_golden
-    from .progress import bar
+    from .progress import cases as progress_cases
 
     name = config_for(backend_name, spec.backends).name
     path = golden_path(golden_dir, spec.name, name)
@@ -524,7 +524,7 @@ def record_ops_golden(spec, backend_name: str, golden_dir: Path, update: bool = 
         side = runner.side()
         oracle = oracle_side()
         records = {}
-        for case in bar(spec.cases, f"record {spec.name} on {name}", len(spec.cases)):
+        for case in progress_cases(spec.cases, "record", spec.name, name):
             result = _op_result(case, runner, None, oracle, side, None, None)
             if result.error:
                 raise BackendCrashed(f"op '{case.id}' failed on {name}: {result.error}")

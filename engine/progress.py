@@ -1,6 +1,13 @@
-"""Progress bars on stderr (tqdm), quiet when stderr is not a terminal.
+"""Progress on stderr that works everywhere.
 
-SPECENGINE_PROGRESS=1 forces them on, =0 off.
+On a terminal a bar (tqdm) names the case being run; anywhere else (CI logs, output
+redirected to a file) one line per case is printed as it finishes, like pytest:
+`check smollm2-135m on cpu-bf16  capital-fr  pass  1.23 s`. Long one-off steps (model
+conversion, export, load) print a line before and after.
+
+The mode is set once by the command line (`-q` turns progress off, `-v` adds detail):
+SPECENGINE_PROGRESS=0 turns it off, =1 forces it on; `bar` / `lines` force a style.
+Colours follow `--color`, NO_COLOR and FORCE_COLOR (see `use_color`).
 """
 
 from __future__ import annotations
@@ -9,20 +16,129 @@ import contextlib
 import os
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
+_STATE: dict[str, Any] = {"quiet": False, "verbose": False, "color": None}
+_STATUS_COLORS = {"pass": "32", "fail": "31", "error": "35", "not-run": "33",
+                  "recorded": "32"}
 
-def enabled() -> bool:
+
+def configure(quiet: bool = False, verbose: bool = False, color: str = "auto") -> None:
+    """Set by the command line: `-q`, `-v` and `--color auto|always|never`."""
+    _STATE.update(quiet=quiet, verbose=verbose, color=color)
+
+
+def verbose() -> bool:
+    return bool(_STATE["verbose"])
+
+
+def use_color(stream=None, choice: str | None = None) -> bool:
+    """Whether to colour what goes to `stream`: `--color always|never` wins; with `auto`
+    a non-empty NO_COLOR turns colour off, a FORCE_COLOR other than 0 turns it on, and
+    otherwise colour is used on a terminal only."""
+    choice = choice or _STATE["color"] or "auto"
+    if choice == "always":
+        return True
+    if choice == "never":
+        return False
+    if os.environ.get("NO_COLOR"):
+        return False
+    force = os.environ.get("FORCE_COLOR")
+    if force is not None and force not in ("", "0", "false", "no"):
+        return True
+    stream = stream or sys.stdout
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def style() -> str:
+    """"bar", "lines" or "off"."""
+    if _STATE["quiet"]:
+        return "off"
     forced = os.environ.get("SPECENGINE_PROGRESS")
     if forced is not None:
-        return forced not in ("0", "", "false", "no")
-    return sys.stderr.isatty()
+        if forced in ("0", "", "false", "no", "off"):
+            return "off"
+        if forced in ("bar", "lines"):
+            return forced
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return "bar" if tty else "lines"
+
+
+def enabled() -> bool:
+    return style() != "off"
+
+
+def _emit(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (BrokenPipeError, ValueError):    # a closed stderr must not stop a run
+        pass
+
+
+def _status_text(status: str) -> str:
+    code = _STATUS_COLORS.get(status)
+    if code and use_color(sys.stderr):
+        return f"\033[{code}m{status}\033[0m"
+    return status
+
+
+def cases(items: Iterable[T], action: str, spec: str, backend: str,
+          results: list | None = None, name: Callable[[T], str] | None = None,
+          total: int | None = None) -> Iterator[T]:
+    """Iterate the cases of one spec, reporting each: a bar naming the running case on a
+    terminal, else one line per finished case with its status (the `status` of the
+    last entry appended to `results`, or `done`) and seconds."""
+    mode = style()
+    label = f"{action} {spec} on {backend}"
+    name = name or (lambda item: str(getattr(item, "id", item)))
+    if mode == "off":
+        yield from items
+        return
+    items = list(items)
+    total = len(items) if total is None else total
+    bar = None
+    if mode == "bar":
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=label, file=sys.stderr, leave=False, dynamic_ncols=True)
+    try:
+        for index, item in enumerate(items):
+            if bar is not None:
+                bar.set_postfix_str(name(item), refresh=True)
+            before = len(results) if results is not None else 0
+            start = time.perf_counter()
+            yield item
+            seconds = time.perf_counter() - start
+            status = "done"
+            if results is not None and len(results) > before:
+                status = str(getattr(results[-1], "status", "done"))
+            elif action.startswith("record"):
+                status = "recorded"
+            if bar is not None:
+                bar.update(1)
+                if status not in ("pass", "done", "recorded"):
+                    bar.write(f"{label}  {name(item)}  {_status_text(status)}  {seconds:.2f} s",
+                              file=sys.stderr)
+            else:
+                _emit(f"{label}  [{index + 1}/{total}]  {name(item)}  {_status_text(status)}"
+                      f"  {seconds:.2f} s")
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def bar(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
-    if not enabled():
+    """A plain bar over `items` on a terminal (nothing elsewhere): for loops that are
+    not cases of a spec."""
+    if style() != "bar":
         yield from items
         return
     from tqdm import tqdm
@@ -31,16 +147,29 @@ def bar(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
                     dynamic_ncols=True)
 
 
+def note(text: str) -> None:
+    """A progress line (shown unless progress is off)."""
+    if enabled():
+        _emit(text)
+
+
 @contextlib.contextmanager
 def step(desc: str) -> Iterator[None]:
-    """A one-off long step (conversion, export, model load): a line before and after.
-
-    Always printed to stderr when progress is enabled; silent otherwise.
-    """
+    """A one-off long step (conversion, export, model load): a line before and after."""
     show = enabled()
     start = time.perf_counter()
     if show:
-        print(f"… {desc}", file=sys.stderr, flush=True)
+        _emit(f"… {desc}")
     yield
     if show:
-        print(f"✓ {desc} ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+        _emit(f"✓ {desc} ({time.perf_counter() - start:.1f} s)")
+
+
+def silence_library_bars() -> None:
+    """Turn off the progress bars libraries draw themselves (transformers' "Loading
+    weights", "Writing model shards"): specengine reports progress on its own."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()

@@ -42,6 +42,8 @@ class CaseResult:
     candidate_text: str = ""
     golden_tokens: list[str] = field(default_factory=list)     # per generated step, for display
     candidate_tokens: list[str] = field(default_factory=list)
+    golden_token_bytes: list[str | None] = field(default_factory=list)   # hex per step
+    candidate_token_bytes: list[str | None] = field(default_factory=list)
     golden_ids: list[int] = field(default_factory=list)
     candidate_ids: list[int] = field(default_factory=list)
     divergence_step: int | None = None
@@ -90,6 +92,9 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     perf: dict[str, Any] | None = None
     format: int = RESULTS_FORMAT
+    error: str = ""                   # why the spec could not run at all (no cases then)
+    tolerance_class: str = ""         # float32 | half | quantized: the default set in force
+    distribution: dict[str, Any] | None = None   # whole-spec statistics per path
 
     @property
     def passed(self) -> bool:
@@ -103,8 +108,10 @@ class RunResult:
                 "errors": counts[ERROR]}
 
     def finish(self) -> None:
-        statuses = {c.status for c in self.cases}
+        statuses = {c.status for c in self.cases} | ({ERROR} if self.error else set())
         if self.perf and self.perf.get("status") == FAIL:
+            statuses.add(FAIL)
+        if self.distribution and self.distribution.get("failures"):
             statuses.add(FAIL)
         self.status = ERROR if ERROR in statuses else FAIL if FAIL in statuses else PASS
 

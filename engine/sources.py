@@ -138,12 +138,9 @@ def build_synthetic(model: ModelSpec, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-    from .progress import enabled
+    from .progress import silence_library_bars
 
-    if not enabled():
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()   # save_pretrained's "Writing model shards"
+    silence_library_bars()   # save_pretrained's "Writing model shards"
     syn = model.synthetic
     try:
         config = AutoConfig.for_model(syn["model_type"], **syn.get("config", {}))

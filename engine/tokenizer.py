@@ -27,8 +27,17 @@ class Tokenizer:
         raise NotImplementedError
 
     def token_strings(self, ids: Sequence[int]) -> list[str]:
-        """Each id's own text, for display (the divergence view, top-k tables)."""
-        return [self.decode([i]) for i in ids]
+        """Each id's own text, for display (the divergence view, top-k tables): bytes that
+        form no character on their own are shown as hex, `⟨e4 b8⟩`, never as `�`."""
+        from .token_display import show_bytes
+
+        return [self.decode([i]) if b is None else show_bytes(b)
+                for i, b in zip(ids, self.token_bytes(ids))]
+
+    def token_bytes(self, ids: Sequence[int]) -> list[bytes | None]:
+        """Each id's raw bytes (None for a special token), so a report can merge the
+        tokens of one multi-byte character into the character they form."""
+        return [self.decode([i]).encode("utf-8") for i in ids]
 
 
 class BytesTokenizer(Tokenizer):
@@ -55,14 +64,15 @@ class BytesTokenizer(Tokenizer):
         return data.decode("utf-8", errors="replace")
 
     def token_strings(self, ids: Sequence[int]) -> list[str]:
-        out = []
-        for i in ids:
-            if self.OFFSET <= i < self.OFFSET + 256:
-                b = i - self.OFFSET
-                out.append(chr(b) if 32 <= b < 127 else f"<0x{b:02X}>")
-            else:
-                out.append({0: "<pad>", 1: "<bos>", 2: "<eos>"}.get(i, f"<{i}>"))
-        return out
+        from .token_display import show_bytes
+
+        return [show_bytes(b) if b is not None else
+                {0: "<pad>", 1: "<bos>", 2: "<eos>"}.get(i, f"<{i}>")
+                for i, b in zip(ids, self.token_bytes(ids))]
+
+    def token_bytes(self, ids: Sequence[int]) -> list[bytes | None]:
+        return [bytes([i - self.OFFSET]) if self.OFFSET <= i < self.OFFSET + 256 else None
+                for i in ids]
 
 
 class HFTokenizer(Tokenizer):
@@ -98,7 +108,61 @@ class HFTokenizer(Tokenizer):
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
     def token_strings(self, ids: Sequence[int]) -> list[str]:
-        return [self.tok.decode([i], skip_special_tokens=False) for i in ids]
+        from .token_display import show_bytes
+
+        return [self.tok.decode([i], skip_special_tokens=False) if b is None else show_bytes(b)
+                for i, b in zip(ids, self.token_bytes(ids))]
+
+    def token_bytes(self, ids: Sequence[int]) -> list[bytes | None]:
+        ids = [int(i) for i in ids]
+        special = set(getattr(self.tok, "all_special_ids", []) or [])
+        out: list[bytes | None] = []
+        for i, piece in zip(ids, self.tok.convert_ids_to_tokens(ids)):
+            if i in special or piece is None:
+                out.append(None)
+                continue
+            text = self.tok.decode([i], skip_special_tokens=False)
+            raw = _piece_bytes(piece)
+            # the byte map only where it explains the decoded text (or the text is a
+            # lone `�`); a SentencePiece piece such as `é` decodes as itself
+            if raw is not None and ("\ufffd" in text
+                                    or raw.decode("utf-8", errors="replace") == text):
+                out.append(raw)
+            else:
+                out.append(text.encode("utf-8"))
+        return out
+
+
+def _byte_decoder() -> dict[str, int]:
+    """The inverse of the GPT-2 byte-to-unicode map byte-level BPE vocabularies use:
+    printable bytes stand for themselves, the others for code points from 256 up."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + \
+        list(range(0xAE, 0x100))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTE_DECODER = _byte_decoder()
+
+
+def _piece_bytes(piece: str) -> bytes | None:
+    """A vocabulary piece's bytes: `<0xE4>` (SentencePiece byte fallback) or a byte-level
+    BPE piece; None when the piece is neither."""
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        try:
+            return bytes([int(piece[3:5], 16)])
+        except ValueError:
+            return None
+    try:
+        return bytes(_BYTE_DECODER[c] for c in piece)
+    except KeyError:
+        return None
 
 
 def _stop_ids(tok, folder: Path) -> list[int]:

@@ -82,6 +82,8 @@ def counts(runs: Iterable[RunResult]) -> Counts:
                 out.errors += 1
             else:
                 out.not_run += 1
+        if getattr(run, "error", "") and not run.cases:   # a spec that could not run
+            out.errors += 1
     return out
 
 

@@ -21,7 +21,10 @@ from .. import __version__
 from ..results import ERROR, FAIL, NOT_RUN, PASS, CaseResult, RunResult
 from . import model
 from .charts import perf_chart, perf_mermaid, position_chart
+from .distribution import distribution_lines, distribution_rows
 from .layers import layer_chart, localization_line
+from .hints import near_tie_hints
+from .tokens import chips, decoded, divergence_texts, marked, split_marked
 from .text import (fmt, fmt_ratio, fmt_seconds, icon, md_cell, md_escape, md_marked, md_pre,
                    metrics_text, one_line, short_hash, token_text, truncate, visible)
 
@@ -61,8 +64,20 @@ def environment() -> Environment:
         failing_checks=model.failing_checks, bad_metrics=model.bad_metrics, divergence_tokens=model.divergence_tokens,
         tokens=model.tokens, case_anchor=model.case_anchor, position_chart=position_chart, layer_chart=layer_chart, localization_line=localization_line,
         perf_chart=perf_chart, perf_mermaid=perf_mermaid, bar_px=bar_px, md_marked=md_marked, SELF_CHECK=model.SELF_CHECK,
-        SELF_CHECK_TEXT=model.SELF_CHECK_TEXT, version=__version__)
+        chips=chips, divergence_texts=divergence_texts, near_tie_hints=near_tie_hints, md_case_text=_md_case_text, decoded=decoded,
+        SELF_CHECK_TEXT=model.SELF_CHECK_TEXT, version=__version__,
+        distribution_rows=distribution_rows, tolerance_set=model.tolerance_set)
     return env
+
+
+def _md_case_text(case: CaseResult, side: str, mark: bool = True) -> Markup:
+    """One side's readable continuation for a Markdown `<pre>` block, the first divergence
+    bracketed in bold."""
+    before, at, after = split_marked(case, side)
+    if at is None or not mark:
+        return Markup(md_pre(decoded(case, side), 4000))
+    return Markup(f"{md_pre(before, 2000)}<b>⟦{md_pre(token_text(at), 200)}⟧</b>"
+                  f"{md_pre(after, 2000)}")
 
 
 def common_context(runs: list[RunResult]) -> dict[str, Any]:
@@ -114,13 +129,20 @@ def _case_body(case: CaseResult) -> str:
             lines.append(f"  metrics: {metrics_text(check.metrics)}")
     if case.error:
         lines.append(f"error: {case.error}")
+    lines += [f"note: {hint}" for hint in near_tie_hints(case)]
     m = model.case_metrics(case)
     lines.append(f"KL mean {fmt(m.kl_mean)}, KL max {fmt(m.kl_max)}, top-1 agreement "
                  f"{fmt_ratio(m.top1)}, max |Δ logprob| {fmt(m.dlogprob)}, "
                  f"divergence step {fmt(m.divergence)}")
     if case.golden_text or case.candidate_text:
-        lines.append(f"golden:    {truncate(repr(case.golden_text), 500)}")
-        lines.append(f"candidate: {truncate(repr(case.candidate_text), 500)}")
+        lines.append(f"golden:    {truncate(one_line(decoded(case, 'golden')), 500)}")
+        lines.append(f"candidate: {truncate(one_line(decoded(case, 'candidate')), 500)}")
+        if case.divergence_step is not None:
+            g, c = divergence_texts(case)
+            lines.append(f"first divergence at step {case.divergence_step}: golden "
+                         f"{token_text(g or '(end)')} → candidate {token_text(c or '(end)')}")
+            lines.append(f"golden tokens:    {truncate(one_line(marked(case, 'golden')), 500)}")
+            lines.append(f"candidate tokens: {truncate(one_line(marked(case, 'candidate')), 500)}")
     return "\n".join(lines)
 
 
@@ -147,13 +169,34 @@ def _perf_case(run: RunResult) -> JUnitCase | None:
                      body="\n".join(view.messages + rows))
 
 
+def _distribution_case(run: RunResult) -> JUnitCase | None:
+    """A testcase for the spec-level distribution limits, when the spec sets any."""
+    dist = run.distribution or {}
+    limits = {k: v for k, v in (dist.get("limits") or {}).items() if k != "paths"}
+    if not limits:
+        return None
+    failures = dist.get("failures") or []
+    return JUnitCase(classname=f"{run.spec_name}.{run.candidate.backend}", name="distribution",
+                     time="0.000", status=FAIL if failures else PASS,
+                     message=truncate(one_line("; ".join(failures) or "within limits"), 500),
+                     body="\n".join(distribution_lines(run)))
+
+
 def junit_suites(runs: list[RunResult]) -> list[JUnitSuite]:
     suites = []
     for run in runs:
         cases = [_junit_case(run, c) for c in run.cases]
+        if getattr(run, "error", ""):      # the spec could not run: one error testcase
+            cases.append(JUnitCase(classname=f"{run.spec_name}.{run.candidate.backend}",
+                                   name="(spec)", time="0.000", status=ERROR,
+                                   message=truncate(one_line(run.error), 500),
+                                   body=f"the spec {run.spec_path} could not run: {run.error}"))
         perf = _perf_case(run)
         if perf is not None:
             cases.append(perf)
+        dist = _distribution_case(run)
+        if dist is not None:
+            cases.append(dist)
         cand, ref = run.candidate, run.reference
         props = [("comparison", run.comparison), ("reference_kind", run.reference_kind),
                  ("candidate.backend", cand.backend), ("candidate.dtype", cand.dtype),
@@ -161,10 +204,14 @@ def junit_suites(runs: list[RunResult]) -> list[JUnitSuite]:
                  ("candidate.model_fingerprint", cand.model_fingerprint),
                  ("reference.backend", ref.backend), ("reference.dtype", ref.dtype),
                  ("reference.device_name", ref.device_name),
-                 ("reference.model_fingerprint", ref.model_fingerprint)]
+                 ("reference.model_fingerprint", ref.model_fingerprint),
+                 ("tolerance_class", run.tolerance_class),
+                 ("candidate.modeling", model.modeling_text(cand)),
+                 ("reference.modeling", model.modeling_text(ref))]
         out = [f"{run.spec_name}: {model.run_title(run)} [{run.comparison}]"]
         if run.comparison == model.SELF_CHECK:
             out.append(model.SELF_CHECK_TEXT)
+        out += distribution_lines(run)
         out += [f"note: {n}" for n in run.notes]
         suites.append(JUnitSuite(name=f"{run.spec_name}.{cand.backend}",
                                  time=_seconds(run.duration_s), cases=cases,

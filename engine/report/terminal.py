@@ -6,9 +6,12 @@ made visible, so model output cannot move the cursor or recolour the terminal.""
 from __future__ import annotations
 
 from ..results import ERROR, FAIL, PASS, RunResult
-from .model import (SELF_CHECK, SELF_CHECK_TEXT, case_metrics, counts, failing_checks,
+from .model import (SELF_CHECK, SELF_CHECK_TEXT, counts, failing_checks,
                     overall_status, perf_view, run_status, run_title)
-from .text import fmt, fmt_ratio, is_number, one_line, truncate
+from .text import fmt, fmt_seconds, is_number, one_line, truncate
+from .columns import CAUSAL, columns_for, columns_for_kind
+from .hints import near_tie_hints
+from .tokens import marked
 
 _COLORS = {PASS: "32", FAIL: "31", ERROR: "35", "warn": "33", "dim": "2", "bold": "1"}
 MESSAGE_WIDTH = 200
@@ -22,17 +25,12 @@ def _paint(text: str, key: str, color: bool) -> str:
     return f"\033[{code}m{text}\033[0m" if color and code else text
 
 
-def _divergence(m) -> str:
-    if m.divergence is None:
-        return "—"
-    return f"{m.divergence} (tie)" if m.divergence_ok else str(m.divergence)
-
-
 def _row(cells: list[str], widths: list[int]) -> str:
     return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
 
 
-def _run_block(run: RunResult, color: bool) -> list[str]:
+def _run_block(run: RunResult, color: bool, quiet: bool = False,
+               verbose: bool = False) -> list[str]:
     status = run_status(run)
     head = f"{one_line(run.spec_name)}  {one_line(run_title(run))}  [{run.comparison}]"
     lines = [_paint(head, "bold", color) + "  " + _paint(status.upper(), status, color)]
@@ -44,33 +42,53 @@ def _run_block(run: RunResult, color: bool) -> list[str]:
                                        f"(model override: {one_line(side.model_source)})", "warn", color))
         if side.trust_remote_code:
             lines.append("  " + _paint(f"{label} {side.backend} ran with trust_remote_code", "warn", color))
-    if not run.cases:
+    if getattr(run, "error", ""):
+        lines.append("      " + _paint(f"✗ could not run: {truncate(one_line(run.error), MESSAGE_WIDTH)}",
+                                       ERROR, color))
+    elif not run.cases:
         lines.append("  (no cases)")
     else:
+        cols = columns_for(run)
         idw = min(max(len(HEADERS[0]), *(len(one_line(c.id)) for c in run.cases)), ID_WIDTH)
-        widths = [idw, *WIDTHS[1:]]
-        lines.append("  " + _paint(_row(list(HEADERS), widths), "dim", color))
+        widths = [idw, WIDTHS[1], *cols.widths]
+        lines.append("  " + _paint(_row(["case", "status", *cols.headers], widths), "dim", color))
         for case in run.cases:
-            lines += _case_lines(case, widths, color)
+            if quiet and case.status == PASS:
+                continue
+            lines += _case_lines(case, widths, color, cols.cells, verbose)
     lines += _perf_lines(run, color)
+    if run.distribution and not quiet:
+        from .distribution import distribution_lines
+
+        klass = f" (tolerance class: {run.tolerance_class})" if run.tolerance_class else ""
+        lines.append("  " + _paint(f"distribution over all positions{klass}", "dim", color))
+        lines += ["    " + _paint(line, FAIL if line.startswith("distribution limit") else "dim",
+                                  color) for line in distribution_lines(run)]
     lines += [f"  note: {truncate(one_line(n), MESSAGE_WIDTH)}" for n in run.notes]
     return lines
 
 
-def _case_lines(case, widths: list[int], color: bool) -> list[str]:
-    m = case_metrics(case)
-    cells = [truncate(one_line(case.id), widths[0]), case.status, fmt(m.kl_mean, 3),
-             fmt(m.kl_max, 3), fmt_ratio(m.top1), fmt(m.dlogprob, 3), _divergence(m)]
+def _case_lines(case, widths: list[int], color: bool, metric_cells=None,
+                verbose: bool = False) -> list[str]:
+    metric_cells = metric_cells or columns_for_kind(CAUSAL).cells
+    cells = [truncate(one_line(case.id), widths[0]), case.status, *metric_cells(case)]
     padded = [c.ljust(w) for c, w in zip(cells, widths)]
     # colour the status cell only, after padding, so columns stay aligned
     padded[1] = _paint(padded[1], case.status, color)
     out = ["  " + "  ".join(padded).rstrip()]
-    for check in failing_checks(case):
+    for check in (case.checks if verbose else failing_checks(case)):
         msg = truncate(one_line(f"{check.name}: {check.message or check.status}"), MESSAGE_WIDTH)
-        out.append("      " + _paint(f"✗ {msg}", check.status, color))
+        mark = "✗" if check.status in (FAIL, ERROR) else "✓" if check.status == PASS else "·"
+        out.append("      " + _paint(f"{mark} {msg}", check.status, color))
+    for hint in near_tie_hints(case):
+        out.append("      " + _paint(f"! {truncate(one_line(hint), MESSAGE_WIDTH)}", "warn", color))
     if case.error:
         out.append("      " + _paint(f"✗ error: {truncate(one_line(case.error), MESSAGE_WIDTH)}",
                                      ERROR, color))
+    if case.status != PASS and (case.golden_tokens or case.candidate_tokens):
+        for side in ("golden", "candidate"):
+            text = truncate(one_line(marked(case, side)), MESSAGE_WIDTH)
+            out.append("      " + _paint(f"{side + ':':<10} {text}", "dim", color))
     if getattr(case, "localization", None):   # check --localize (engine/localize.py)
         from .layers import localization_line
 
@@ -106,13 +124,21 @@ def _perf_lines(run: RunResult, color: bool) -> list[str]:
     return lines
 
 
-def render_terminal(runs: list[RunResult], color: bool = False) -> str:
-    """The compact summary printed after every command (no trailing newline)."""
+def render_terminal(runs: list[RunResult], color: bool = False, elapsed: float | None = None,
+                    quiet: bool = False, verbose: bool = False) -> str:
+    """The compact summary printed after every command (no trailing newline): a block
+    per run (with `quiet` only its failing cases; with `verbose` every check), then a
+    closing line with the counts over all runs and, when given, the total time."""
     lines: list[str] = []
     for run in runs:
-        lines += _run_block(run, color)
+        if quiet and run_status(run) == PASS:
+            continue
+        lines += _run_block(run, color, quiet, verbose)
         lines.append("")
     total = counts(runs)
     verdict = overall_status(runs)
-    lines.append(_paint(total.line(), verdict if verdict != "not-run" else "warn", color))
+    closing = total.line()
+    if elapsed is not None:
+        closing += f" in {fmt_seconds(elapsed)}"
+    lines.append(_paint(closing, verdict if verdict != "not-run" else "warn", color))
     return "\n".join(lines)
