@@ -348,7 +348,7 @@ def cli_main(args: Any, load_specs: Any) -> int:
     from .report.files import atomic_write as atomic_write_text
 
     spec = load_specs([args.spec])[0]
-    cal = measure(spec, args.backend, args.against, args.golden_dir or default_golden_dir(),
+    cal = measure(spec, args.backend, args.against, args.golden_dir or default_golden_dir(spec.path),
                   args.case, args.headroom)
     print(render(cal))
     if args.json:

@@ -7,15 +7,18 @@ Heavy libraries are imported only by the commands that run models.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
-from .errors import SpecEngineError, UsageError
+from .errors import SpecEngineError, UsageError, printable
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
 
 DEFAULT_SPEC = "specs/smollm2-135m.yaml"
+_STARTED: list[float] = []          # when the command started, for the closing line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", help="backend to record on (default: the spec's reference)")
     p.add_argument("--update", action="store_true", help="re-record an existing golden and "
                    "show what changed")
+    p.add_argument("--allow-inconsistent-reference", action="store_true",
+                   help="record even when the reference's own incremental decode and one-pass "
+                   "forward disagree on a case beyond its dtype's noise (refused by default, "
+                   "exit 1); the golden then lists those cases")
     p.add_argument("--perf", action="store_true", help="record the perf golden instead of the "
                    "output golden: the spec's perf: measurement on --backend, stored for its "
                    "device class (backend + device name + dtype) under GOLDEN_DIR/SPEC/perf/")
@@ -76,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the spec JSON Schema (for editors)")
     _localize_parsers(sub)
+    _backends_parser(sub)
 
     p = sub.add_parser("init", help="write a starter spec for a local Hugging Face model folder")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="local HF model folder (config.json, "
@@ -84,12 +92,33 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: specs/NAME.yaml, NAME from the folder)")
     p.add_argument("--name", help="spec name (default: from the folder name)")
     p.add_argument("--force", action="store_true", help="overwrite an existing spec file")
+    for p in sub.choices.values():
+        _output_args(p)
     return parser
+
+
+def _output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour the terminal output: auto (default) colours on a terminal "
+                   "unless NO_COLOR is set, or when FORCE_COLOR is set")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress; the summary "
+                   "shows failing cases and the closing line only")
+    p.add_argument("-v", "--verbose", action="store_true", help="more detail: every check "
+                   "of every case in the summary")
+
+
+def _backends_parser(sub) -> None:
+    p = sub.add_parser("backends", help="list the backends (built-in, or a spec's), their "
+                       "aliases, runtime, device and dtype, and whether each can run here")
+    p.add_argument("spec", nargs="?", metavar="SPEC", help="also list the backends this "
+                   "spec defines")
 
 
 def _golden_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--golden-dir", type=Path, default=None, help="golden folder (default: "
-                   "$SPECENGINE_GOLDEN_DIR, else ./golden)")
+                   "$SPECENGINE_GOLDEN_DIR, else the golden/ folder nearest the spec: in its "
+                   "folder or one above, else in its project root, the folder holding .git or "
+                   "pyproject.toml)")
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
@@ -120,20 +149,82 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
+            print(printable(exc.code), file=sys.stderr)
             return EXIT_USAGE
         return int(exc.code or 0)
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
+    _configure_output(args)
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:           # `specengine report r.json | head -1`
+        _stdout_gone()
+        return EXIT_PASS
     except SpecEngineError as exc:
         print(f"specengine: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("specengine: interrupted", file=sys.stderr)
         return 130
+
+
+def _configure_output(args) -> None:
+    from .progress import configure
+
+    _STARTED[:] = [time.perf_counter()]
+    configure(quiet=getattr(args, "quiet", False), verbose=getattr(args, "verbose", False),
+              color=getattr(args, "color", "auto"))
+
+
+def _stdout_gone() -> None:
+    """The reader of stdout went away: send the rest to /dev/null, so neither later
+    prints nor the interpreter's final flush raise."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _say(text: str) -> None:
+    """print() to stdout that survives a closed pipe (the command still finishes: its
+    reports are written and its exit code is the verdict's)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _stdout_gone()
+
+
+def entry(argv: list[str] | None = None) -> None:
+    """The program: `main`, then exit with its code. SIGINT at any moment gives exit 130
+    and one line: inside a command as KeyboardInterrupt; once the command is over (its
+    last line printed, the interpreter shutting down) it is only noted, so no traceback
+    can come from the way out."""
+    import signal
+
+    interrupted: list[int] = []
+    code = -1
+    try:
+        try:
+            code = main(argv)
+        finally:
+            signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
+    except KeyboardInterrupt:
+        interrupted.append(1)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    if code == -1 or (interrupted and code != 130):
+        try:
+            print("specengine: interrupted", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
+        code = 130
+    sys.exit(code)
 
 
 def _specs(targets: list[str]):
@@ -146,29 +237,18 @@ def _specs(targets: list[str]):
 
 
 def cmd_validate(args) -> int:
-    from .spec import find_specs, load_spec
+    """Every error of every file (engine/validate.py), then a summary line."""
+    from .validate import cli_main
 
-    paths = find_specs(args.specs)
-    if not paths:
-        raise UsageError(f"no spec files in {' '.join(args.specs)}")
-    bad = 0
-    for path in paths:
-        try:
-            spec = load_spec(path)
-        except SpecEngineError as exc:
-            print(exc.one_line(), file=sys.stderr)
-            bad += 1
-            continue
-        print(f"ok {path} ({spec.name}: {len(spec.cases)} cases)")
-    return EXIT_USAGE if bad else EXIT_PASS
+    return cli_main(args)
 
 
 def cmd_record(args) -> int:
     from .golden import default_golden_dir
     from .run import record_golden
 
-    golden_dir = args.golden_dir or default_golden_dir()
     for spec in _specs(args.specs):
+        golden_dir = args.golden_dir or default_golden_dir(spec.path)
         if args.perf:
             if spec.kind != "causal-lm":
                 raise UsageError(f"{spec.path}: perf goldens are for causal-lm specs; an "
@@ -176,10 +256,16 @@ def cmd_record(args) -> int:
             from .perf import record_perf_golden
 
             path = record_perf_golden(spec, args.backend or spec.reference, golden_dir, args.update)
-            print(f"recorded perf golden {path}")
+            print(f"recorded perf golden {printable(path)}")
             continue
-        path = record_golden(spec, args.backend or spec.reference, golden_dir, args.update)
-        print(f"recorded {path} ({len(spec.cases)} cases)")
+        path = record_golden(spec, args.backend or spec.reference, golden_dir, args.update,
+                             allow_inconsistent=args.allow_inconsistent_reference)
+        print(f"recorded {printable(path)} ({len(spec.cases)} cases)")
+        if not getattr(args, "quiet", False):
+            from .record_summary import summary_lines
+
+            for line in summary_lines(spec, path):
+                _say(line)
     return EXIT_PASS
 
 
@@ -187,24 +273,19 @@ def cmd_check(args) -> int:
     from .golden import default_golden_dir
     from .run import check_spec, select_cases
 
-    golden_dir = args.golden_dir or default_golden_dir()
-    specs = _specs(args.specs)
-    runs = []
-    for spec in specs:
+    from .checkall import each_spec
+
+    def one(spec):
         cases = select_cases(spec, args.case, args.tag, args.expr)
         if not cases:
-            print(f"note: {spec.path}: no case selected", file=sys.stderr)
-            continue
-        try:
-            run = check_spec(spec, args.backend, golden_dir, args.against, cases,
-                             args.fail_fast, perf=args.perf, localize=args.localize)
-        except SpecEngineError as exc:
-            _write_partial(runs, getattr(exc, "partial_run", None), args)
-            raise
-        runs.append(run)
-        if args.fail_fast and not run.passed:
-            break
-    return _finish(runs, args)
+            print(f"note: {printable(spec.path)}: no case selected", file=sys.stderr)
+            return None
+        return check_spec(spec, args.backend, args.golden_dir or default_golden_dir(spec.path),
+                          args.against, cases, args.fail_fast, perf=args.perf,
+                          localize=args.localize)
+
+    runs, worst = each_spec(args.specs, args.backend, "check", one, args.fail_fast)
+    return _finish(runs, args, worst)
 
 
 def _write_partial(runs, partial, args) -> None:
@@ -218,26 +299,42 @@ def _write_partial(runs, partial, args) -> None:
                   html=args.html, junit=args.junit)
 
 
-def _finish(runs, args) -> int:
+def _finish(runs, args, worst: int = EXIT_PASS) -> int:
+    """Print the summary, write the reports; the exit code is the worst of the runs'
+    verdicts and `worst` (the exit code of specs that could not run)."""
+    return max(worst, _render_all(runs, args))
+
+
+def _render_all(runs, args) -> int:
     from .report import render_terminal, write_reports
 
     if not runs:
         raise UsageError("no case was selected")
-    print(render_terminal(runs, color=sys.stdout.isatty()))
+    from .progress import use_color
+
+    elapsed = time.perf_counter() - _STARTED[0] if _STARTED else None
+    _say(render_terminal(runs, color=use_color(sys.stdout), elapsed=elapsed,
+                         quiet=getattr(args, "quiet", False),
+                         verbose=getattr(args, "verbose", False)))
     write_reports(runs, json_path=args.json, markdown=args.markdown, html=args.html,
                   junit=args.junit)
     for label, path in (("json", args.json), ("markdown", args.markdown), ("html", args.html),
                         ("junit", args.junit)):
         if path:
-            print(f"{label} report: {path}")
+            _say(f"{label} report: {printable(path)}")
     if getattr(args, "annotations", None) == "github":
         from .annotations import github_annotations
 
         for line in github_annotations(runs):
-            print(line)
-    if any(r.status == "error" for r in runs):
-        return EXIT_BACKEND if all(c.status == "error" for r in runs for c in r.cases) else EXIT_FAIL
-    return EXIT_PASS if all(r.passed for r in runs) else EXIT_FAIL
+            _say(line)
+    ran = [r for r in runs if not getattr(r, "error", "")]
+    if any(r.status == "error" for r in ran):
+        code = EXIT_BACKEND if all(c.status == "error" for r in ran for c in r.cases) else EXIT_FAIL
+    else:
+        code = EXIT_PASS if all(r.passed for r in ran) else EXIT_FAIL
+    # a spec that could not run: its own exit code when known (passed in as `worst`),
+    # at least 2 when a results file is re-rendered
+    return max(code, EXIT_USAGE) if len(ran) < len(runs) else code
 
 
 def cmd_run(args) -> int:
@@ -245,23 +342,22 @@ def cmd_run(args) -> int:
     from .golden import default_golden_dir, golden_path
     from .run import check_spec, record_golden, select_cases
 
-    golden_dir = args.golden_dir or default_golden_dir()
-    specs = _specs(args.specs or [_default_spec()])
+    from .checkall import each_spec
+
     out = Path(args.report_dir)
     args.json, args.markdown = out / "report.json", out / "report.md"
     args.html, args.junit = out / "report.html", out / "report.xml"
-    runs = []
-    for spec in specs:
+
+    def one(spec):
+        golden_dir = args.golden_dir or default_golden_dir(spec.path)
         if not golden_path(golden_dir, spec.name, spec.reference).exists():
             path = record_golden(spec, spec.reference, golden_dir)
-            print(f"recorded {path} on {spec.reference}")
+            print(f"recorded {printable(path)} on {spec.reference}")
         cases = select_cases(spec, args.case, args.tag, args.expr)
-        try:
-            runs.append(check_spec(spec, args.backend, golden_dir, None, cases, args.fail_fast))
-        except SpecEngineError as exc:
-            _write_partial(runs, getattr(exc, "partial_run", None), args)
-            raise
-    return _finish(runs, args)
+        return check_spec(spec, args.backend, golden_dir, None, cases, args.fail_fast)
+
+    runs, worst = each_spec(args.specs or [_default_spec()], args.backend, "check", one)
+    return _finish(runs, args, worst)
 
 
 def _default_spec() -> str:
@@ -293,8 +389,9 @@ def cmd_init(args) -> int:
     from .init_spec import init_spec
 
     path, spec = init_spec(args.model_dir, args.output, name=args.name, force=args.force)
-    print(f"wrote {path} ({spec.name}: {len(spec.cases)} cases)")
-    print(f"next: specengine record-golden {path} && specengine check {path} --backend cpu-bf16")
+    print(f"wrote {printable(path)} ({spec.name}: {len(spec.cases)} cases)")
+    print(f"next: specengine record-golden {printable(path)} && specengine check "
+          f"{printable(path)} --backend cpu-bf16")
     return EXIT_PASS
 
 
@@ -309,6 +406,10 @@ def _localize_parsers(sub) -> None:
                    "hidden states); default: the golden's layer sketch alone")
     p.add_argument("--case", action="append", metavar="ID", help="case to localize "
                    "(repeatable; default: every case)")
+    p.add_argument("--path", choices=("prefill", "decode"), default="prefill",
+                   help="prefill (default): per-layer states of the one-pass forward against "
+                   "the reference; decode: at the first bad decode step, the candidate's "
+                   "incremental-decode states against its own one-pass states at that position")
     p.add_argument("--growth", type=float, default=4.0, metavar="K", help="flag a layer whose "
                    "rel_err is at least K x the previous layer's (default 4)")
     p.add_argument("--floor", type=float, default=None, metavar="F", help="and at least F "
@@ -352,5 +453,14 @@ COMMANDS = {"validate": cmd_validate, "record-golden": cmd_record, "check": cmd_
 COMMANDS.update({"localize": cmd_localize, "calibrate": cmd_calibrate})
 
 
+def cmd_backends(args) -> int:
+    from .backends_cmd import cli_main
+
+    return cli_main(args)
+
+
+COMMANDS["backends"] = cmd_backends
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

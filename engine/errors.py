@@ -9,6 +9,15 @@ import re
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+def printable(text: object) -> str:
+    """`text` (a file name, a command-line argument, spec text) safe to print on a
+    terminal or in a CI log: control characters (ESC, BEL, CR, LF, line separators) shown
+    as escapes, so none can move the cursor, retitle the window or start a new line that a
+    CI runner would read as a workflow command."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", str(text))
+
+
 class SpecEngineError(Exception):
     """Base class. `exit_code` is what the command line returns for it."""
 
@@ -17,9 +26,7 @@ class SpecEngineError(Exception):
     def one_line(self) -> str:
         """The message on one line, with control characters from hostile input (a spec
         key, a prompt) shown as escapes instead of reaching the terminal."""
-        text = " ".join(str(self).split("\n"))
-        return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                            else f"\\u{ord(m.group()):04x}", text)
+        return printable(" ".join(str(self).split("\n")))
 
 
 class UsageError(SpecEngineError):
@@ -50,6 +57,13 @@ class GoldenError(SpecEngineError):
     """A golden that is missing, stale, corrupted or otherwise unusable (exit 2)."""
 
 
+class ReferenceInconsistent(SpecEngineError):
+    """A reference whose own incremental-decode and one-pass paths disagree: it is not
+    recorded as a golden (exit 1: a measured failure, not a usage problem)."""
+
+    exit_code = 1
+
+
 class BackendUnavailable(SpecEngineError):
     """A backend whose runtime or device is not present (exit 3)."""
 
@@ -60,3 +74,15 @@ class BackendCrashed(SpecEngineError):
     """A backend that failed while running (exit 3)."""
 
     exit_code = 3
+
+
+class OutputError(SpecEngineError):
+    """A file specengine was asked to write (a golden, a report, a cache entry) that
+    could not be written: a full disk, a read-only folder, a path that is a folder
+    (exit 2). What was there before is left as it was."""
+
+    @classmethod
+    def writing(cls, path, exc: OSError) -> "OutputError":
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        code = f" (errno {exc.errno})" if exc.errno else ""
+        return cls(f"cannot write {path}: {reason}{code}; nothing was replaced")

@@ -65,6 +65,31 @@ def has_chat_template(folder: Path) -> bool:
     return bool(_read_json(folder / "tokenizer_config.json").get("chat_template"))
 
 
+GGUF_CHAT_KEY = b"tokenizer.chat_template"
+GGUF_SCAN_BYTES = 256 << 20     # the key/value metadata sits before the tensor data
+
+
+def gguf_has_chat_template(path: Path) -> bool:
+    """Whether a GGUF file's metadata holds a chat template (the `tokenizer.chat_template`
+    key), found by scanning the metadata bytes; no GGUF library is imported."""
+    if not path.is_file():
+        return False
+    tail = b""
+    read = 0
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            return False
+        while read < GGUF_SCAN_BYTES:
+            chunk = fh.read(1 << 20)
+            if not chunk:
+                return False
+            if GGUF_CHAT_KEY in tail + chunk:
+                return True
+            tail = chunk[-len(GGUF_CHAT_KEY):]
+            read += len(chunk)
+    return False
+
+
 class ModelInfo:
     """What init needs to know about MODEL_DIR."""
 
@@ -84,7 +109,8 @@ class ModelInfo:
         self.remote_code = "auto_map" in self.config
         self.has_tokenizer = self.gguf is not None or any(
             (folder / f).is_file() for f in TOKENIZER_FILES)
-        self.chat = self.has_tokenizer and self.gguf is None and has_chat_template(folder)
+        self.chat = self.has_tokenizer and (gguf_has_chat_template(folder / self.gguf)
+                                            if self.gguf else has_chat_template(folder))
         vocab = self.config.get("vocab_size") or (self.config.get("text_config") or {}).get(
             "vocab_size")
         self.vocab_size = vocab if isinstance(vocab, int) else None
@@ -127,7 +153,10 @@ def _schema_ref(spec_dir: Path) -> str:
         candidate = parent / "schemas" / "spec.schema.json"
         if candidate.is_file():
             return Path(os.path.relpath(candidate, here)).as_posix()
-    return str(resources.files("specengine.schemas").joinpath("spec.schema.json"))
+    # the installed package's copy, relative to the spec (a virtualenv in the project
+    # gives a short, portable path such as ../.venv/lib/.../spec.schema.json)
+    installed = Path(str(resources.files("specengine.schemas").joinpath("spec.schema.json")))
+    return Path(os.path.relpath(installed.resolve(), here)).as_posix()
 
 
 def render(info: ModelInfo, name: str, spec_path: Path) -> str:
@@ -194,6 +223,10 @@ def _causal_body(info: ModelInfo) -> list[str]:
 
 def _embedding_body() -> list[str]:
     out = ["defaults:",
+           "  tolerance:               # the engine's defaults, spelled out to tune",
+           "    cosine_min: 0.999          # pooled embedding, per input",
+           "    hidden_cosine_min: 0.99    # last hidden state, per token",
+           "    # max_abs_err: 0.001       # optional absolute limits",
            "  determinism: {runs: 2}",
            "cases:",
            "  - id: mixed",

@@ -489,7 +489,8 @@ def cli_main(args: Any, load_specs: Any) -> int:
 
     spec = load_specs([args.spec])[0]
     locs = localize_spec(spec, args.case, args.backend, args.against,
-                         args.golden_dir or default_golden_dir(), args.growth, args.floor)
+                         args.golden_dir or default_golden_dir(spec.path), args.growth, args.floor,
+                         path=getattr(args, "path", "prefill"))
     for loc in locs:
         print(render_text(loc))
         print()

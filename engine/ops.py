@@ -439,7 +439,7 @@ def check_ops_spec(spec, backend_name: str, golden_dir: Path | None = None,
     started = time.perf_counter()
     cases = list(spec.cases if cases is None else cases)
     golden = None
-    gpath = golden_path(golden_dir or default_golden_dir(), spec.name,
+    gpath = golden_path(golden_dir or default_golden_dir(spec.path), spec.name,
                         config_for(spec.reference, spec.backends).name)
     if not against and gpath.exists():
         golden = load_ops_golden(gpath, spec.name)

@@ -556,7 +556,7 @@ def check_perf(session, spec, golden_dir: Path | None) -> dict[str, Any]:
         report["budgets"] = budget
         report["failures"] += judge_budgets(rows, m.load_s, budget)
     if settings.regression_max is not None:
-        path = perf_golden_path(golden_dir or default_golden_dir(), spec.name, m.backend,
+        path = perf_golden_path(golden_dir or default_golden_dir(spec.path), spec.name, m.backend,
                                 m.device_name, m.dtype)
         report["regression_max"] = settings.regression_max
         if not path.exists():

@@ -58,7 +58,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="compare with this backend live instead of the golden")
     group.addoption("--specengine-golden-dir", metavar="DIR", default=None,
                     help="golden folder (default: ini specengine_golden_dir, else "
-                         "$SPECENGINE_GOLDEN_DIR, else ./golden)")
+                         "$SPECENGINE_GOLDEN_DIR, else the golden/ folder nearest the spec: in its "
+                         "folder or above, else in its project root)")
     group.addoption("--specengine-skip-unavailable", action="store_true", default=None,
                     help="skip (with the reason) instead of erroring when the backend's "
                          "runtime or device is not available here")
@@ -88,7 +89,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     settings = Settings.of(config)
     against = f", against {settings.against} (live)" if settings.against else ""
     return (f"specengine: backend {settings.backend or 'each spec reference (self-check)'}"
-            f"{against}, goldens {settings.golden_dir}")
+            f"{against}, goldens {settings.golden_dir or 'the golden/ folder nearest each spec'}")
 
 
 class Settings:
@@ -107,9 +108,7 @@ class Settings:
             base = config.inipath.parent if config.inipath else config.rootpath
             self.golden_dir = base / ini_golden
         else:
-            from .golden import default_golden_dir
-
-            self.golden_dir = default_golden_dir()
+            self.golden_dir = None      # per spec: specengine.golden.default_golden_dir
         skip = opt("specengine_skip_unavailable")
         self.skip_unavailable = bool(skip if skip is not None
                                      else config.getini("specengine_skip_unavailable"))
@@ -193,7 +192,10 @@ class SpecFile(pytest.File):
         ids = {item.case.id for item in self.selected() if item.case is not None}
         cases = [c for c in self.spec.cases if c.id in ids] if self.spec.cases else None
         try:
-            self.run = check_spec(self.spec, backend, settings.golden_dir, settings.against,
+            from .golden import default_golden_dir
+
+            golden_dir = settings.golden_dir or default_golden_dir(self.spec.path)
+            self.run = check_spec(self.spec, backend, golden_dir, settings.against,
                                   cases, settings.fail_fast)
         except BackendUnavailable as exc:
             if settings.skip_unavailable:

@@ -125,13 +125,33 @@ def _x_axis(n: int, bottom: float) -> list[str]:
     return out
 
 
-def _marker(step: int | None, n: int, top: float, bottom: float, cls: str, label: str) -> list[str]:
+LABEL_CHAR_PX = 7.0        # a generous width per character of a 11-12 px label
+LABEL_LINE_PX = 13.0
+
+
+def label_box(x: float, label: str) -> tuple[float, float, str]:
+    """(left, right, anchor) of a marker label at x: right of the line, or left of it
+    when it would run past the plot's right edge."""
+    width = LABEL_CHAR_PX * len(label)
+    if x + 4 + width > WIDTH - RIGHT:
+        return x - 4 - width, x - 4, "end"
+    return x + 4, x + 4 + width, "start"
+
+
+def _marker(step: int | None, n: int, top: float, bottom: float, cls: str, label: str,
+            row: int = 0) -> list[str]:
     if step is None or not 0 <= step < n:
         return []
     x = _x_of(step, n)
     color = MARKER_COLORS.get(cls, "#616e7c")
+    left, right, anchor = label_box(x, label)
+    tx = left if anchor == "start" else right
     return [f'<line class="{cls}" stroke="{color}" stroke-dasharray="5 4" x1="{x:.1f}" y1="{top:.1f}" x2="{x:.1f}" y2="{bottom:.1f}"/>',
-            _text(x + 4, top + 10, label, f"{cls}-label")]
+            _text(tx, top + 10 + row * LABEL_LINE_PX, label, f"{cls}-label", anchor)]
+
+
+def _overlap(a: tuple[float, float, str], b: tuple[float, float, str]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
 
 
 def position_chart(case: CaseResult) -> Markup:
@@ -159,8 +179,14 @@ def position_chart(case: CaseResult) -> Markup:
             parts += _marker(case.worst_position, n, panel.top, panel.top + panel.height,
                              "worst", f"worst {case.worst_position}")
     bottom = len(series) * (TITLE_H + PANEL_H)
-    parts += _marker(case.divergence_step, n, TITLE_H, bottom, "divergence",
-                     f"divergence {case.divergence_step}")
+    row = 0      # the divergence label goes one line lower when it would hit the worst's
+    div_label, worst_label = f"divergence {case.divergence_step}", f"worst {case.worst_position}"
+    if (case.divergence_step is not None and case.worst_position is not None
+            and 0 <= case.worst_position < n and 0 <= case.divergence_step < n
+            and _overlap(label_box(_x_of(case.divergence_step, n), div_label),
+                         label_box(_x_of(case.worst_position, n), worst_label))):
+        row = 1
+    parts += _marker(case.divergence_step, n, TITLE_H, bottom, "divergence", div_label, row)
     parts += _x_axis(n, bottom)
     label = f"Per-position KL and |Δ logprob| of case {visible(case.id)} over {n} positions"
     return _svg(height, label, "position-chart", parts)
