@@ -88,6 +88,12 @@ class BackendConfig:
     quantization: dict[str, Any] | None = None
 
 
+class ScoringUnavailable(Exception):
+    """This one input cannot be scored teacher-forced by a backend that can score others
+    (a server whose prompt log-probs skip or re-spell some of its tokens). The check is
+    then `not-run` with this reason, not an error."""
+
+
 class Backend(ABC):
     """Interface every runtime implements. Instances are created by the registry.
 

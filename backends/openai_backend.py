@@ -2,11 +2,13 @@
 vLLM-Ascend, `transformers serve`, llama.cpp's server, ...), checked through the engine
 that really runs the deployment.
 
-What is sent (DESIGN §3 greedy semantics, over HTTP):
+What is sent (greedy decoding, over HTTP):
 
 * raw prompts go to `/v1/completions`; chat cases (`messages`) go to
   `/v1/chat/completions` (`options.chat: false` sends the rendered chat prompt to
-  `/v1/completions` instead); always `temperature: 0`.
+  `/v1/completions` instead); always greedy: `temperature: 0` with the dialect's neutral
+  sampling settings spelled out (no top-p / top-k / min-p cut, penalties off), and every
+  generated token checked against the server's own top-1 (the engine's `greedy` check).
 * the prompt is sent as **token ids** when the server takes them (dialect `vllm`), so
   tokenization is identical by construction; otherwise as text, and we check that the
   text re-tokenizes to the same ids (reported in the environment settings).
@@ -15,7 +17,8 @@ What is sent (DESIGN §3 greedy semantics, over HTTP):
   exactly with vLLM's `return_tokens_as_token_ids`, else through the tokenizer (by
   bytes, then by text); tokens that do not round-trip are counted and reported.
 * teacher-forced scoring uses prompt log-probs: vLLM's `prompt_logprobs` (ids in, ids
-  out), else the legacy `echo` + `logprobs`. A served top-k is all a server shows, so a
+  out), else the legacy `echo` + `logprobs`; a case whose echo cannot be matched to its
+  ids is `not-run` with the reason. A served top-k is all a server shows, so a
   golden top-k id outside it gets the server's k-th log-prob (an upper bound) and the
   check says how many did.
 * TTFT and TPOT come from a streamed response (`options.stream`, default on).
@@ -33,33 +36,27 @@ timeout; requests are retried a bounded number of times with exponential backoff
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
-import re
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
 
-from specengine.errors import BackendCrashed, BackendUnavailable, UsageError
+from specengine.errors import BackendCrashed, BackendUnavailable
 
-from .base import Backend, BackendConfig, Generation, Scores
+from .base import Backend, BackendConfig, Generation
+from .openai_dialects import (NOT_GREEDY_CAUSES, SAMPLING_KEYS, describe_quantization, describe_sampling,
+                              identify, neutral_sampling, parse_options)
 from .openai_http import HttpClient, ServerDown, ServerRejected
-
-DEFAULTS: dict[str, Any] = {
-    "base_url": None, "model": None, "api_key_env": None, "timeout_s": 60.0, "retries": 2,
-    "backoff_s": 0.5, "stream": True, "chat": True, "logprobs": True, "max_logprobs": 20,
-    "dialect": "auto", "overshoot_tokens": 8, "concurrency": 8, "extra_body": {},
-}
-DIALECTS = ("auto", "vllm", "openai")
-_TOKEN_ID = re.compile(r"^token_id:(-?\d+)$")
-_FLOOR = math.log(1e-9)   # log tail mass when the served top-k already sums to ~1
+from .openai_replies import (NoPromptLogprobs, Reply, Step, completion_steps,
+                             latency_summary, tail_of)
+from .openai_scoring import ServedScoring
+from .openai_tokens import resegment
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(ServedScoring, Backend):
     """A served model. The spec's model source supplies the tokenizer (and the
     fingerprint shown in reports); the weights are whatever the server loaded."""
 
@@ -86,6 +83,10 @@ class OpenAIBackend(Backend):
         self.counts = {"requests": 0, "prompt_text_mismatch": 0, "prompt_len_mismatch": 0,
                        "unmapped_tokens": 0, "ids_from_text": 0, "chat_requests": 0}
         self._maps: tuple[dict, dict] | None = None
+        self.sampling: dict[str, Any] = {"temperature": 0}
+        # a served model may not be greedy at temperature 0: every generation is checked
+        # against the server's own top-1 (the engine's `greedy` check), with these causes
+        self.greedy_causes = NOT_GREEDY_CAUSES["openai"]
 
     # -- loading: reach the server, learn what it can do ---------------------------
     def load(self, source) -> None:
@@ -95,15 +96,21 @@ class OpenAIBackend(Backend):
         self.resolved = source
         models = self._call(lambda: self._models())   # first: a server that is down fails fast
         self.tokenizer = load_tokenizer(source)
-        if self.opts["dialect"] == "auto":
-            owners = {str(m.get("owned_by", "")).lower() for m in models}
-            self.dialect = "vllm" if "vllm" in owners else "openai"
-        else:
-            self.dialect = self.opts["dialect"]
+        self.dialect, facts = identify(self.client, models, self.opts["dialect"])
+        self.server.update(facts)
         if self.model_name is None and len(models) == 1 and models[0].get("id"):
             self.model_name = str(models[0]["id"])
-        if self.dialect == "vllm":
-            self._server_version()
+        self.sampling = neutral_sampling(self.dialect) if self.opts["neutral_sampling"] else \
+            {"temperature": 0}
+        self.greedy_causes = NOT_GREEDY_CAUSES.get(self.dialect, NOT_GREEDY_CAUSES["openai"])
+        overridden = sorted(set(self.opts["extra_body"]) & (set(self.sampling) | SAMPLING_KEYS))
+        if not self.opts["neutral_sampling"]:
+            self.greedy_causes = ("only temperature 0 is sent (options.neutral_sampling: "
+                                  "false), so the server's own defaults apply: "
+                                  + self.greedy_causes)
+        elif overridden:
+            self.greedy_causes = (f"extra_body sets {', '.join(overridden)}; otherwise "
+                                  + self.greedy_causes)
         self._probe_capabilities()
         self.load_s = time.perf_counter() - start
 
@@ -120,16 +127,6 @@ class OpenAIBackend(Backend):
             self.server["owned_by"] = ", ".join(owners)
         return [m for m in items if isinstance(m, dict)]
 
-    def _server_version(self) -> None:
-        root = self.client.base_url.rsplit("/v1", 1)[0]
-        probe = HttpClient(root, self.client.api_key, min(self.client.timeout_s, 10), 0)
-        try:
-            version = probe.get_json("version")
-            if isinstance(version, dict) and version.get("version"):
-                self.server["version"] = str(version["version"])
-        except (ServerDown, ServerRejected, ValueError):
-            pass
-
     def _probe_capabilities(self) -> None:
         url = self.client.url("completions")
         self.supports_logprobs = self.supports_scoring = False
@@ -141,7 +138,7 @@ class OpenAIBackend(Backend):
         body = self._completion_body(ids, 1, top=1, stream=False)
         try:
             resp = self._call(lambda: self.client.post_json("completions", body))
-            steps = _completion_steps(resp)
+            steps = completion_steps(resp)
             if steps:
                 self.supports_logprobs = True
             else:
@@ -156,7 +153,7 @@ class OpenAIBackend(Backend):
         try:
             self._score_rows(ids, 1)
             self.supports_scoring = True
-        except (ServerRejected, _NoPromptLogprobs) as exc:
+        except (ServerRejected, NoPromptLogprobs) as exc:
             how = "prompt_logprobs" if self.dialect == "vllm" else "echo + logprobs"
             self.unsupported["scoring"] = (f"the server at {url} returned no prompt log-probs "
                                            f"(asked with {how}): {exc}")
@@ -194,7 +191,7 @@ class OpenAIBackend(Backend):
     def _completion_body(self, ids: Sequence[int], max_tokens: int, top: int | None,
                          stream: bool, stop_ids: Sequence[int] = ()) -> dict:
         body: dict[str, Any] = {"prompt": self._prompt_payload(ids), "max_tokens": max_tokens,
-                                "temperature": 0}
+                                **self.sampling}
         if top:
             body["logprobs"] = top
         if self.dialect == "vllm":
@@ -205,7 +202,7 @@ class OpenAIBackend(Backend):
 
     def _chat_body(self, messages: list[dict], kwargs: dict, max_tokens: int, top: int | None,
                    stream: bool, stop_ids: Sequence[int] = ()) -> dict:
-        body: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens, "temperature": 0}
+        body: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens, **self.sampling}
         if kwargs:
             body["chat_template_kwargs"] = dict(kwargs)
         if top:
@@ -258,8 +255,8 @@ class OpenAIBackend(Backend):
         reply = self._call(lambda: self._send(path, body, stream))
         return self._to_generation(prompt, reply, max_new_tokens, top_k, stop_ids)
 
-    def _send(self, path: str, body: dict, stream: bool) -> "_Reply":
-        reply = _Reply()
+    def _send(self, path: str, body: dict, stream: bool) -> Reply:
+        reply = Reply()
         start = time.perf_counter()
         try:
             if not stream:
@@ -276,7 +273,7 @@ class OpenAIBackend(Backend):
         reply.t_start = start
         return reply
 
-    def _to_generation(self, prompt: list[int], reply: "_Reply", max_new_tokens: int,
+    def _to_generation(self, prompt: list[int], reply: Reply, max_new_tokens: int,
                        top_k: int, stop_ids: Sequence[int]) -> Generation:
         if reply.prompt_tokens is not None and reply.prompt_tokens != len(prompt):
             self.counts["prompt_len_mismatch"] += 1
@@ -305,7 +302,7 @@ class OpenAIBackend(Backend):
         return Generation(prompt, ids, arrays[0], arrays[1], arrays[2], timings,
                           text=reply.text, ids_from_text=from_text, stopped=stopped)
 
-    def _stop_id(self, reply: "_Reply", stop_ids: Sequence[int]) -> int:
+    def _stop_id(self, reply: Reply, stop_ids: Sequence[int]) -> int:
         if isinstance(reply.stop_reason, int) and reply.stop_reason in set(stop_ids):
             return int(reply.stop_reason)
         hf = getattr(self.tokenizer, "tok", None)
@@ -319,7 +316,7 @@ class OpenAIBackend(Backend):
         ids = self.tokenizer.encode(text)
         return ids[1:] if ids and ids[0] == getattr(self.tokenizer, "BOS", None) else ids
 
-    def _steps_to_arrays(self, steps: list["_Step"], top_k: int):
+    def _steps_to_arrays(self, steps: list[Step], top_k: int):
         """Chosen ids and (steps, k) top-k arrays; (None, ...) when a chosen token does not
         map back to an id (the ids are then re-tokenized from the text)."""
         chosen, rows = [], []
@@ -342,131 +339,8 @@ class OpenAIBackend(Backend):
         k = max(1, min([top_k] + [len(r) for r in rows]))
         top_ids = np.array([[i for i, _ in r[:k]] for r in rows], dtype=np.int64).reshape(-1, k)
         top_lp = np.array([[v for _, v in r[:k]] for r in rows], dtype=np.float32).reshape(-1, k)
-        tail = _tail(top_lp)
+        tail = tail_of(top_lp)
         return chosen, (top_ids, top_lp, tail)
-
-    # -- token string -> id ---------------------------------------------------------
-    def _token_id(self, token: Any, raw: list[int] | None = None) -> int | None:
-        if isinstance(token, int):
-            return token
-        match = _TOKEN_ID.match(str(token))
-        if match:
-            return int(match.group(1))
-        by_bytes, by_text = self._vocab_maps()
-        if raw is not None:
-            hit = by_bytes.get(bytes(raw))
-            if hit is not None and len(hit) == 1:
-                return hit[0]
-        hit = by_text.get(str(token))
-        if hit is not None and len(hit) == 1:
-            return hit[0]
-        return None
-
-    def _vocab_maps(self) -> tuple[dict, dict]:
-        """bytes -> ids and text -> ids over the whole vocabulary (built once)."""
-        if self._maps is None:
-            by_bytes: dict[bytes, list[int]] = {}
-            by_text: dict[str, list[int]] = {}
-            hf = getattr(self.tokenizer, "tok", None)
-            size = len(hf) if hf is not None else 259
-            table = _byte_decoder() if _is_byte_level(hf) else None
-            pieces = hf.convert_ids_to_tokens(list(range(size))) if hf is not None else None
-            for tid in range(size):
-                text = self._text([tid])
-                by_text.setdefault(text, []).append(tid)
-                piece = pieces[tid] if pieces is not None else None
-                if table is not None and piece is not None and all(c in table for c in piece):
-                    raw = bytes(table[c] for c in piece)
-                else:
-                    raw = text.encode("utf-8")
-                by_bytes.setdefault(raw, []).append(tid)
-            self._maps = (by_bytes, by_text)
-        return self._maps
-
-    # -- teacher-forced scoring via prompt log-probs --------------------------------
-    def score(self, prompt_ids: Sequence[int], target_ids: Sequence[int],
-              gather_ids: np.ndarray, top_k: int) -> Scores:
-        if not self.supports_scoring:
-            raise BackendCrashed(f"backend '{self.name}' cannot score: "
-                                 f"{self.unsupported.get('scoring', 'no prompt log-probs')}")
-        full = [int(i) for i in prompt_ids] + [int(i) for i in target_ids]
-        top = min(max(top_k, gather_ids.shape[1]), int(self.opts["max_logprobs"]))
-        try:
-            rows = self._call(lambda: self._score_rows(full, top))
-        except ServerRejected as exc:
-            raise BackendCrashed(f"backend '{self.name}': {exc}") from None
-        except _NoPromptLogprobs as exc:
-            raise BackendCrashed(f"backend '{self.name}': {exc}") from None
-        rows = rows[len(prompt_ids):len(full)]
-        n, k = gather_ids.shape
-        gathered = np.empty((n, k), np.float32)
-        missing = 0
-        for i, row in enumerate(rows):
-            floor = min(row.values()) if row else _FLOOR
-            for j, gid in enumerate(gather_ids[i]):
-                if int(gid) in row:
-                    gathered[i, j] = row[int(gid)]
-                else:
-                    gathered[i, j] = floor
-                    missing += 1
-        tail = _tail(gathered)
-        kk = max(1, min(top_k, min((len(r) for r in rows), default=1)))
-        top_ids = np.full((n, kk), -1, np.int64)
-        top_lp = np.full((n, kk), -np.inf, np.float32)
-        for i, row in enumerate(rows):
-            best = sorted(row.items(), key=lambda kv: -kv[1])[:kk]
-            for j, (tid, lp) in enumerate(best):
-                top_ids[i, j], top_lp[i, j] = tid, lp
-        note = (f"served prompt log-probs (top {top} per position + the scored token); the "
-                f"tail mass is 1 minus the golden top-{k} mass")
-        if missing:
-            note += (f"; {missing} of {n * k} golden top-{k} entries were outside the served "
-                     f"top-{top} and got its lowest log-prob (an upper bound)")
-        return Scores(gathered, tail, top_ids, top_lp, note=note)
-
-    def _score_rows(self, full: list[int], top: int) -> list[dict[int, float]]:
-        """Per position j of `full`, {id: logprob} of the distribution predicting full[j]
-        (row 0 is empty): the served top-`top` plus the token itself."""
-        if self.dialect == "vllm":
-            body = {"prompt": full, "max_tokens": 1, "temperature": 0, "prompt_logprobs": top,
-                    "return_tokens_as_token_ids": True}
-            resp = self.client.post_json("completions", self._finish_body(body, False))
-            got = (resp.get("choices") or [{}])[0].get("prompt_logprobs")
-            if not got:
-                raise _NoPromptLogprobs("no prompt_logprobs in the reply")
-            rows = []
-            for entry in got[:len(full)]:
-                row = {}
-                for key, value in (entry or {}).items():
-                    lp = value.get("logprob") if isinstance(value, dict) else value
-                    tid = self._token_id(key if not str(key).lstrip("-").isdigit() else int(key))
-                    if tid is not None and lp is not None:
-                        row[tid] = float(lp)
-                rows.append(row)
-            if len(rows) < len(full):
-                raise _NoPromptLogprobs(f"{len(rows)} prompt_logprobs rows for {len(full)} tokens")
-            return rows
-        body = {"prompt": self._text(full), "max_tokens": 1, "temperature": 0, "echo": True,
-                "logprobs": top}
-        resp = self.client.post_json("completions", self._finish_body(body, False))
-        steps = _completion_steps(resp)
-        if len(steps) < len(full):
-            raise _NoPromptLogprobs("echo returned no log-probs for the prompt tokens")
-        rows, ids = [], []
-        for step in steps[:len(full)]:
-            tid = self._token_id(step.token, step.bytes)
-            ids.append(tid)
-            row = {}
-            for tok, lp, raw in step.top:
-                alt = self._token_id(tok, raw)
-                if alt is not None and lp is not None:
-                    row[alt] = float(lp)
-            if tid is not None and step.logprob is not None:
-                row.setdefault(tid, float(step.logprob))
-            rows.append(row)
-        if ids != full:
-            raise _NoPromptLogprobs("the echoed prompt tokens do not map back to the prompt ids")
-        return rows
 
     # -- golden alignment, environment ------------------------------------------------
     def align_to_golden(self, gen: Generation, golden_ids: Sequence[int], tokenizer: Any,
@@ -510,10 +384,17 @@ class OpenAIBackend(Backend):
         lat = latency_summary(self.latencies)
         if lat:
             settings["latency"] = lat
+        settings["sampling"] = describe_sampling(self.sampling, self.opts["extra_body"],
+                                                 self.opts["neutral_sampling"])
+        settings.update(describe_quantization(self.config.quantization, self.config.dtype,
+                                              self.server.get("quantization")))
         settings.update({f"server.{k}": v for k, v in self.server.items()})
+        engine = self.server.get("engine", self.server.get("owned_by", "?"))
+        version = self.server.get("version")
         return {"backend": self.name, "runtime": "openai", "device": self.config.device,
-                "device_name": f"served at {self.client.base_url}", "dtype": self.config.dtype,
-                "versions": {"server": self.server.get("version", self.server.get("owned_by", "?"))},
+                "device_name": f"{engine} served at {self.client.base_url}",
+                "dtype": self.config.dtype, "quantization": self.config.quantization,
+                "versions": {"server": f"{engine} {version}" if version else engine},
                 "settings": settings}
 
     def peak_memory_bytes(self) -> None:
@@ -521,194 +402,3 @@ class OpenAIBackend(Backend):
 
     def close(self) -> None:
         self._maps = None
-
-
-# -- replies ----------------------------------------------------------------------
-
-class _NoPromptLogprobs(Exception):
-    pass
-
-
-class _Step:
-    __slots__ = ("token", "logprob", "top", "bytes")
-
-    def __init__(self, token, logprob, top, raw=None):
-        self.token, self.logprob, self.top, self.bytes = token, logprob, top, raw
-
-
-class _Reply:
-    """A completion or chat completion, whole or assembled from stream events."""
-
-    def __init__(self):
-        self.text = ""
-        self.steps: list[_Step] = []
-        self.finish_reason: str | None = None
-        self.stop_reason: Any = None
-        self.prompt_tokens: int | None = None
-        self.completion_tokens: int | None = None
-        self.t_start = self.t_end = 0.0
-        self.t_first: float | None = None
-        self.t_last: float | None = None
-
-    def absorb(self, event: dict) -> bool:
-        """Take one reply or stream event; True when it carried generated content."""
-        usage = event.get("usage") if isinstance(event, dict) else None
-        if usage:
-            self.prompt_tokens = usage.get("prompt_tokens", self.prompt_tokens)
-            self.completion_tokens = usage.get("completion_tokens", self.completion_tokens)
-        content = False
-        for choice in (event.get("choices") or [])[:1]:
-            piece = choice.get("text")
-            if piece is None:
-                holder = choice.get("message") or choice.get("delta") or {}
-                piece = holder.get("content")
-            if piece:
-                self.text += piece
-                content = True
-            steps = _choice_steps(choice)
-            if steps:
-                self.steps.extend(steps)
-                content = True
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-            if choice.get("stop_reason") is not None:
-                self.stop_reason = choice["stop_reason"]
-        return content
-
-    def timings(self, tokens: int, server_tokens: int | None) -> dict[str, float]:
-        out = {"total_s": (self.t_last or self.t_end) - self.t_start}
-        if self.t_first is not None:
-            out["ttft_s"] = self.t_first - self.t_start
-            n = server_tokens or tokens
-            if n > 1 and self.t_last is not None and self.t_last > self.t_first:
-                out["tpot_s"] = (self.t_last - self.t_first) / (n - 1)
-        return out
-
-
-def _choice_steps(choice: dict) -> list[_Step]:
-    lp = choice.get("logprobs")
-    if not lp:
-        return []
-    if isinstance(lp.get("content"), list):          # chat format
-        return [_Step(e.get("token"), e.get("logprob"),
-                      [(t.get("token"), t.get("logprob"), t.get("bytes"))
-                       for t in (e.get("top_logprobs") or [])], e.get("bytes"))
-                for e in lp["content"]]
-    tokens = lp.get("tokens") or []                    # legacy completions format
-    values = lp.get("token_logprobs") or [None] * len(tokens)
-    tops = lp.get("top_logprobs") or [None] * len(tokens)
-    return [_Step(tok, val, [(t, v, None) for t, v in (top or {}).items()])
-            for tok, val, top in zip(tokens, values, tops)]
-
-
-def _completion_steps(resp: dict) -> list[_Step]:
-    choices = resp.get("choices") or [] if isinstance(resp, dict) else []
-    return _choice_steps(choices[0]) if choices else []
-
-
-# -- pure helpers ---------------------------------------------------------------------
-
-def parse_options(config: BackendConfig) -> dict[str, Any]:
-    """The backend's options with defaults; unknown or bad ones are a UsageError (exit 2)."""
-    from specengine.interp import MissingVariable, expand
-
-    opts = dict(DEFAULTS)
-    for key, value in (config.options or {}).items():
-        if key not in DEFAULTS:
-            close = difflib.get_close_matches(key, list(DEFAULTS), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise UsageError(f"backend '{config.name}': unknown openai option '{key}'{hint}")
-        opts[key] = value
-    if not opts["base_url"]:
-        raise UsageError(f"backend '{config.name}': the openai runtime needs options.base_url "
-                         "(e.g. http://127.0.0.1:8000/v1)")
-    for key in ("base_url", "model"):
-        if isinstance(opts[key], str):
-            try:
-                opts[key] = expand(opts[key])
-            except MissingVariable as exc:
-                raise UsageError(f"backend '{config.name}': options.{key} reads ${{{exc.name}}}, "
-                                 "which is not set") from None
-    url = opts["base_url"].rstrip("/")
-    if not re.match(r"^https?://[^/]+", url):
-        raise UsageError(f"backend '{config.name}': options.base_url {url!r} is not an "
-                         "http(s) URL")
-    if re.match(r"^https?://[^/]+$", url):
-        url += "/v1"        # the API root is /v1 on every server we know
-    opts["base_url"] = url
-    if opts["dialect"] not in DIALECTS:
-        raise UsageError(f"backend '{config.name}': options.dialect must be one of "
-                         f"{', '.join(DIALECTS)}")
-    if not isinstance(opts["extra_body"], dict):
-        raise UsageError(f"backend '{config.name}': options.extra_body must be a mapping")
-    return opts
-
-
-def resegment(golden_ids: list[int], text: str, decode, retokenize) -> list[int]:
-    """Ids for `text` that follow the golden's ids as far as the texts agree, then the
-    tokenizer's own ids for the rest. `decode(ids) -> str`, `retokenize(str) -> ids`.
-
-    A server that returns only text gives no segmentation; any ids that decode to the
-    text are an equally valid reading of it, and reading it along the golden's makes the
-    id comparison a comparison of text. A golden prefix that ends inside a character
-    (byte tokens, shown as U+FFFD) counts only at the very end of the golden.
-    """
-    best, best_len = 0, 0
-    for i in range(1, len(golden_ids) + 1):
-        prefix = decode(golden_ids[:i])
-        clean = prefix.rstrip("\ufffd")
-        if clean != prefix and i < len(golden_ids):
-            if not text.startswith(clean):
-                break
-            continue
-        if not text.startswith(clean):
-            break
-        best, best_len = i, len(clean)
-    rest = text[best_len:]
-    return list(golden_ids[:best]) + (retokenize(rest) if rest else [])
-
-
-def latency_summary(latencies: list[tuple[float, float | None]]) -> str:
-    """'TTFT p50 x ms, TPOT p50 y ms over n streamed requests' (empty when none)."""
-    if not latencies:
-        return ""
-    ttft = [t for t, _ in latencies]
-    tpot = [p for _, p in latencies if p is not None]
-    out = f"TTFT p50 {statistics.median(ttft) * 1e3:.1f} ms (max {max(ttft) * 1e3:.1f})"
-    if tpot:
-        out += f", TPOT p50 {statistics.median(tpot) * 1e3:.1f} ms"
-    return out + f" over {len(latencies)} streamed requests"
-
-
-def _tail(top_lp: np.ndarray) -> np.ndarray:
-    """log(1 - sum(exp(top-k))) per row, floored where the top-k already holds ~all mass."""
-    mass = np.exp(top_lp.astype(np.float64)).sum(axis=-1)
-    with np.errstate(divide="ignore"):
-        tail = np.log(np.clip(1.0 - mass, 0.0, None))
-    return np.maximum(tail, _FLOOR).astype(np.float32)
-
-
-def _is_byte_level(hf) -> bool:
-    try:
-        import json
-
-        state = json.loads(hf.backend_tokenizer.to_str())
-    except Exception:
-        return False
-    decoder = state.get("decoder") or {}
-    kinds = {decoder.get("type")} | {d.get("type") for d in decoder.get("decoders", []) or []}
-    return "ByteLevel" in kinds
-
-
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's printable-character -> byte table (the inverse of bytes_to_unicode)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}

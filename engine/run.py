@@ -16,8 +16,11 @@ from typing import Callable
 
 import numpy as np
 
+from specengine.backends.base import ScoringUnavailable
+
 from . import compare
 from .errors import BackendCrashed, BackendUnavailable, GoldenError, SpecEngineError, SpecError
+from .greedy import greedy_check, greedy_note
 from .golden import (Golden, build_golden, case_hash, describe_changes, golden_path,
                      load_golden, previous_golden, step_record, write_golden)
 from .progress import bar
@@ -204,6 +207,9 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
             if fail_fast and result.status != PASS:
                 run.notes.append("stopped at the first failing case (--fail-fast)")
                 break
+        note = greedy_note(cand_name, run.cases)
+        if note:
+            run.notes.append(note)
         if perf:
             run.perf = _measure_perf(session, spec, golden_dir)
         run.candidate = session.side()
@@ -396,6 +402,9 @@ def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
                                           or np.isposinf(gen.topk_logprobs).any())
     if nonfinite:
         result.checks.append(Check("finite", FAIL, "candidate logits contain NaN or Inf"))
+    greedy = greedy_check(backend, gen, lambda i: tok.token_strings([i])[0])
+    if greedy is not None:   # a served model: was each token its own top-1?
+        result.checks.append(greedy)
 
     # 1. expectations and the free-running comparison
     first_lp = (float(gen.topk_logprobs[0][0]) if len(gen.output_ids) and gen.has_logprobs
@@ -415,11 +424,16 @@ def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
          "golden_id": div.golden_id, "candidate_id": div.candidate_id}))
 
     # 2. teacher-forced on the golden's sequence
-    if len(record["output_ids"]) and not backend.supports_scoring:
+    scores, unscored = None, None
+    if len(record["output_ids"]) and backend.supports_scoring:
+        try:
+            scores = backend.score(prompt_ids, record["output_ids"], g_ids, case.top_k)
+        except ScoringUnavailable as exc:   # this input only: a missing optional feature
+            unscored = str(exc)
+    if len(record["output_ids"]) and (unscored or not backend.supports_scoring):
         result.checks.append(Check("teacher-forced", NOT_RUN,
-                                   f"needs log-probs: {_unsupported(backend, 'scoring')}"))
+                                   f"needs log-probs: {unscored or _unsupported(backend, 'scoring')}"))
     elif len(record["output_ids"]):
-        scores = backend.score(prompt_ids, record["output_ids"], g_ids, case.top_k)
         tf = compare.teacher_forced(g_ids, g_lp, g_tail, scores.gathered_logprobs,
                                     scores.gathered_tail, scores.top_ids[:, 0], tol)
         result.checks.append(Check(

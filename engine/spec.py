@@ -237,8 +237,11 @@ def _build(located: Located, file: Path, base_dir: Path) -> Spec:
     backend_models: dict[str, ModelSpec] = {}
     for name, entry in (data.get("backends") or {}).items():
         options = dict(entry.get("options") or {})
+        dtype = entry.get("dtype", "float32")
+        _check_backend_dtype(located, name, entry["runtime"], dtype)
+        quant = dict(entry["quantization"]) if entry.get("quantization") else None
         backends[name] = BackendConfig(name, entry["runtime"], entry.get("device", "cpu"),
-                                       entry.get("dtype", "float32"), options)
+                                       dtype, options, quantization=quant)
         if "model" in entry:
             backend_models[name] = _model_spec(located, ("backends", name, "model"),
                                                entry["model"], base_dir)
@@ -298,6 +301,20 @@ def _build(located: Located, file: Path, base_dir: Path) -> Spec:
                 model=model, reference=reference, backends=backends,
                 backend_models=backend_models, cases=cases, perf=data.get("perf"),
                 timeout_s=defaults.get("timeout_s"), located=located)
+
+
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+FLOAT_RUNTIMES = ("torch", "onnx")   # compute in floating point: no quantized dtype
+
+
+def _check_backend_dtype(located: Located, name: str, runtime: str, dtype: str) -> None:
+    """A runtime that computes in floating point cannot be given a quantized dtype."""
+    if runtime in FLOAT_RUNTIMES and dtype not in FLOAT_DTYPES:
+        raise located.error(("backends", name, "dtype"),
+                            f"backends/{name}: the {runtime} runtime computes in "
+                            f"{', '.join(FLOAT_DTYPES)}, not '{dtype}'; a quantized dtype "
+                            "names a served (openai) deployment — for fake-quantized weights "
+                            "keep a float dtype and declare quantization: {weights: ...}")
 
 
 def _check_tolerance(located: Located, path: tuple, tol: Tolerance, top_k: int) -> None:
