@@ -32,8 +32,9 @@ import pytest
 
 from helpers import REPO, SMOLLM2_SPEC, assert_clean_error, cli, write_spec
 from specengine.backends.base import BackendConfig
-from specengine.backends.openai_backend import (_choice_steps, latency_summary,
-                                                parse_options, resegment)
+from specengine.backends.openai_dialects import parse_options
+from specengine.backends.openai_replies import choice_steps, latency_summary
+from specengine.backends.openai_tokens import resegment
 from specengine.errors import UsageError
 
 GOLDEN_DIR = REPO / "golden"
@@ -56,11 +57,11 @@ def served_spec(tmp_path: Path, base_url: str, **options) -> Path:
     return write_spec(tmp_path / "served.yaml", text)
 
 
-def run_check(spec: Path, tmp_path: Path, *extra, timeout: float = 900):
+def run_check(spec: Path, tmp_path: Path, *extra, timeout: float = 900, cases=CASES):
     out = tmp_path / "out.json"
     args = ["check", spec, "--backend", "served", "--golden-dir", GOLDEN_DIR, "--json", out,
             "--html", tmp_path / "out.html"]
-    for case in CASES:
+    for case in cases:
         args += ["--case", case]
     result = cli(*args, *extra, timeout=timeout)
     data = json.loads(out.read_text()) if out.exists() else None
@@ -129,13 +130,13 @@ def test_reply_parsing_both_formats():
     chat = {"logprobs": {"content": [{"token": "token_id:7", "logprob": -0.1, "bytes": [72],
                                       "top_logprobs": [{"token": "token_id:7", "logprob": -0.1},
                                                        {"token": "token_id:9", "logprob": -2.5}]}]}}
-    steps = _choice_steps(chat)
+    steps = choice_steps(chat)
     assert steps[0].token == "token_id:7" and steps[0].top[1][:2] == ("token_id:9", -2.5)
     legacy = {"logprobs": {"tokens": [" Paris"], "token_logprobs": [-0.2],
                            "top_logprobs": [{" Paris": -0.2, " Lyon": -3.0}]}}
-    steps = _choice_steps(legacy)
+    steps = choice_steps(legacy)
     assert steps[0].logprob == -0.2 and len(steps[0].top) == 2
-    assert _choice_steps({"text": "x", "logprobs": None}) == []
+    assert choice_steps({"text": "x", "logprobs": None}) == []
     assert "TTFT p50 200.0 ms" in latency_summary([(0.1, 0.02), (0.3, None)])
 
 
@@ -153,6 +154,7 @@ class StubServer:
         from specengine.tokenizer import HFTokenizer
 
         self.logprobs = logprobs
+        self.default_penalty = 1.0
         source = ResolvedSource(ModelSpec(source="path", path=str(hf_dir)), hf_dir, "stub", "stub")
         self.backend = TorchBackend(BackendConfig("stub", "torch"))
         self.backend.load(source)
@@ -168,7 +170,8 @@ class StubServer:
             def do_GET(self):
                 if self.path.endswith("/models"):
                     owner = "vllm" if stub.logprobs else "stub"
-                    return self._json({"object": "list", "data": [{"id": "smollm2", "owned_by": owner}]})
+                    return self._json({"object": "list", "data": [
+                        {"id": "smollm2", "owned_by": owner, "max_model_len": 8192}]})
                 if self.path == "/version":
                     return self._json({"version": "stub-1"})
                 self._json({"error": "not found"}, 404)
@@ -232,8 +235,16 @@ class StubServer:
         want_lp = self.logprobs and (bool(body.get("logprobs")) if chat else top > 0)
         as_ids = bool(body.get("return_tokens_as_token_ids"))
         stops = body.get("stop_token_ids") or [self.tok.eos_token_id]
+        # like vLLM with a model's generation_config.json: a repetition penalty applies
+        # unless the request sets its own (the log-probs stay the raw model's)
+        penalty = float(body.get("repetition_penalty", self.default_penalty))
         with self.lock:
-            gen = self.backend.generate([ids], int(body.get("max_tokens", 16)), max(top, 1), stops)[0]
+            if penalty != 1.0:
+                gen = self._penalized(ids, int(body.get("max_tokens", 16)), max(top, 1), stops,
+                                      penalty)
+            else:
+                gen = self.backend.generate([ids], int(body.get("max_tokens", 16)), max(top, 1),
+                                            stops)[0]
             prompt_rows = self._prompt_logprobs(ids, int(body["prompt_logprobs"])) \
                 if self.logprobs and body.get("prompt_logprobs") else None
         out = gen.output_ids
@@ -241,7 +252,7 @@ class StubServer:
         steps = []
         for i, tid in enumerate(out):
             tops = [(int(a), float(b)) for a, b in zip(gen.topk_ids[i][:top], gen.topk_logprobs[i][:top])]
-            steps.append((tid, float(gen.topk_logprobs[i][0]), tops))
+            steps.append((tid, dict(tops).get(tid, float(gen.topk_logprobs[i][-1])), tops))
         # like a real server, hold back a character that is still incomplete (U+FFFD)
         texts = [self.tok.decode(out[:i + 1], skip_special_tokens=True).rstrip("\ufffd")
                  for i in range(len(out))]
@@ -276,6 +287,36 @@ class StubServer:
                   for i, (d, s) in enumerate(zip(deltas, steps))]
         events.append({"id": "x", "choices": [], "usage": usage})
         return events, whole
+
+    def _penalized(self, ids: list[int], max_tokens: int, top: int, stops, penalty: float):
+        """Greedy on logits with vLLM's repetition penalty over prompt and output tokens;
+        the returned top-k is the raw distribution's, as vLLM reports it."""
+        import torch
+
+        from specengine.backends.base import Generation
+
+        seq, out, top_ids, top_lp = list(ids), [], [], []
+        feed, past = seq, None
+        for _ in range(max_tokens):
+            with torch.inference_mode():
+                step = self.backend.model(input_ids=torch.tensor([feed]), past_key_values=past,
+                                          use_cache=True)
+            past, logits = step.past_key_values, step.logits[0, -1].float()
+            lp = torch.log_softmax(logits, -1)
+            values, index = lp.topk(top)
+            seen = torch.tensor(sorted(set(seq)))
+            picked = logits.clone()
+            picked[seen] = torch.where(picked[seen] > 0, picked[seen] / penalty,
+                                       picked[seen] * penalty)
+            tid = int(picked.argmax())
+            out.append(tid)
+            top_ids.append(index.numpy())
+            top_lp.append(values.numpy())
+            seq.append(tid)
+            feed = [tid]
+            if tid in stops:
+                break
+        return Generation(list(ids), out, np.array(top_ids), np.array(top_lp, np.float32), None)
 
     def _prompt_logprobs(self, ids: list[int], top: int) -> list:
         import torch
@@ -316,7 +357,8 @@ def test_logprob_path_against_a_vllm_dialect_server(stub_with_logprobs, tmp_path
     assert settings["dialect"] == "vllm" and settings["prompt"] == "token ids"
     assert settings["logprobs"].startswith("top 20") and settings["chat_requests"] >= 2
     assert "TTFT p50" in settings["latency"] and "TPOT p50" in settings["latency"]
-    assert run["candidate"]["versions"]["server"] == "stub-1"
+    assert run["candidate"]["versions"]["server"] == "vllm stub-1"   # engine + GET /version
+    assert settings["server.engine"] == "vllm" and settings["server.max_model_len"] == "8192"
     checks = checks_by_name(run)
     for case in CASES:
         tf = checks[case]["teacher-forced"]
@@ -324,11 +366,45 @@ def test_logprob_path_against_a_vllm_dialect_server(stub_with_logprobs, tmp_path
         assert checks[case]["determinism"]["status"] == "pass"
         assert "determinism.logprobs" not in checks[case]
         assert checks[case]["divergence"]["message"] == "identical greedy tokens"
-    # prompt ids went over the wire as ids, chats through the chat endpoint
+        assert checks[case]["greedy"]["status"] == "pass", checks[case]["greedy"]
+    assert settings["sampling"].startswith("neutral: temperature=0, top_p=1.0")
+    # prompt ids went over the wire as ids, chats through the chat endpoint; every
+    # request spelled out vLLM's neutral sampling settings
     sent = stub_with_logprobs.requests
+    assert all(b["repetition_penalty"] == 1.0 and b["top_k"] == -1 and b["min_p"] == 0
+               and b["temperature"] == 0 for b in sent if "max_tokens" in b)
     assert any(isinstance(b.get("prompt"), list) for b in sent)
     assert any("messages" in b and b.get("top_logprobs") for b in sent)
     assert any(b.get("prompt_logprobs") for b in sent)
+
+
+def test_a_server_penalty_is_reported_as_not_greedy_and_neutral_settings_fix_it(
+        stub_with_logprobs, tmp_path):
+    """A server that applies a repetition penalty unless told otherwise (vLLM with a
+    model's generation_config.json): with temperature 0 alone the report names it as not
+    greedy; with the neutral settings (the default) the same server passes."""
+    stub_with_logprobs.default_penalty = 1.3
+    try:
+        spec = served_spec(tmp_path, stub_with_logprobs.base_url, neutral_sampling=False)
+        result, run = run_check(spec, tmp_path, cases=["capital-fr", "add-chat"])
+        assert result.rc == 1, result.text
+        greedy = {cid: c["greedy"] for cid, c in checks_by_name(run).items()}
+        failed = {cid: g for cid, g in greedy.items() if g["status"] == "fail"}
+        assert failed, greedy
+        for g in failed.values():
+            assert g["message"].startswith(f"server not greedy at step {g['metrics']['first_step']}")
+            assert "generation_config.json" in g["message"] and "neutral_sampling" in g["message"]
+        assert any("was not greedy at temperature 0" in note for note in run["notes"])
+        assert "server defaults apply" in run["candidate"]["settings"]["sampling"]
+
+        (tmp_path / "neutral").mkdir()
+        spec = served_spec(tmp_path / "neutral", stub_with_logprobs.base_url)
+        result, run = run_check(spec, tmp_path / "neutral", cases=["capital-fr", "add-chat"])
+        assert result.rc == 0, result.text
+        assert all(c["greedy"]["status"] == "pass" for c in checks_by_name(run).values())
+        assert not any("not greedy" in note for note in run["notes"])
+    finally:
+        stub_with_logprobs.default_penalty = 1.0
 
 
 def test_text_only_server_reports_logprob_checks_not_run(stub_text_only, tmp_path):
@@ -348,6 +424,7 @@ def _assert_text_only_run(run: dict) -> None:
         assert "log-probs not compared" in got["determinism"]["message"]
         assert got["determinism.logprobs"]["status"] == "not-run"
         assert got["divergence"]["status"] == "pass"
+        assert got["greedy"]["status"] == "not-run" and "log-probs" in got["greedy"]["message"]
     assert checks["capital-fr"]["expect.contains"]["status"] == "pass"
     assert checks["add-chat"]["expect.contains"]["status"] == "pass"
     by_id = {c["id"]: c for c in run["cases"]}
