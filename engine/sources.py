@@ -15,6 +15,7 @@ from pathlib import Path
 from .cache import atomic_write_text, building_dir, cache_dir, read_json
 from .errors import ModelSourceError
 from .progress import step
+from .provenance import portable_path, spec_file_of
 from .spec import ModelSpec
 
 # Python packages that ship models, and the distribution that installs each.
@@ -70,7 +71,8 @@ def resolve(model: ModelSpec) -> ResolvedSource:
     if not (folder / "config.json").is_file():
         raise ModelSourceError(f"{folder} is not a Hugging Face model folder (no config.json) "
                                f"[{model.where}]")
-    return ResolvedSource(model, folder, folder_fingerprint(folder), f"path {folder}")
+    return ResolvedSource(model, folder, folder_fingerprint(folder),
+                          f"path {portable_path(folder, spec_file_of(model.where))}")
 
 
 def _missing(model: ModelSpec, path: Path, what: str) -> str:
@@ -92,7 +94,8 @@ def _resolve_gguf(model: ModelSpec, folder: Path) -> ResolvedSource:
             with building_dir(target) as tmp:
                 _convert_gguf(folder, model.file, tmp)
     return ResolvedSource(model, target, "gguf-sha256:" + digest,
-                          f"gguf {gguf} (converted to float32 in {target})")
+                          f"gguf {portable_path(gguf, spec_file_of(model.where))} "
+                          "(converted to float32)")
 
 
 def _convert_gguf(folder: Path, file: str, out: Path) -> None:

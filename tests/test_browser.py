@@ -244,3 +244,41 @@ def _unfilter_sequential(kind: int, line: np.ndarray, prev: np.ndarray, bpp: int
             pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
             cur[x] = (cur[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
     return np.array(cur, dtype=np.int32)
+
+
+def _zh_report(tmp_path: Path, continuation: list[bytes], name: str) -> Path:
+    from test_token_display import zh_case, zh_run
+
+    from specengine.report import render_html
+    from specengine.token_display import show_bytes
+
+    ids = list(range(len(continuation)))
+    case = zh_case(ids, continuation, ids, continuation, None,
+                   lambda _ids, raw: [show_bytes(b) for b in raw])
+    case.status = "fail"                           # open, so its text is on screen
+    page = tmp_path / f"{name}.html"
+    page.write_text(render_html([zh_run(case)]), "utf-8")
+    return page
+
+
+def test_chinese_case_renders_its_characters(browser, artifacts, tmp_path):
+    """A Chinese continuation in the HTML report: the DOM holds the characters (merged
+    from byte tokens, no U+FFFD) and the screenshot draws glyphs — two pages that differ
+    only in their Chinese characters give different pixels, which missing-glyph boxes
+    (no CJK font) would not."""
+    one = [b"\xe4\xb8\x80", b"\xe4\xbd", b"\x8d", b"\xe4\xba\xba"]            # 一位人
+    two = [b"\xe8\xa2\xab", b"\xe7\xa6", b"\x8f", b"\xe6\xb2\xb3"]            # 被福河
+    shots = []
+    for name, cont in (("zh-one", one), ("zh-two", two)):
+        page = _zh_report(tmp_path, cont, name)
+        dom = chromium(browser, tmp_path, "--dump-dom", page=page)
+        text = "".join(Dom(dom.stdout).text)
+        assert "\ufffd" not in text
+        assert ("一位人" if name == "zh-one" else "被福河") in text
+        shot = artifacts / f"report-{name}.png"
+        shot.unlink(missing_ok=True)
+        chromium(browser, tmp_path, f"--screenshot={shot}", "--window-size=1280,2400", page=page)
+        shots.append(read_png(shot)[:, :, :3])
+    assert shots[0].shape == shots[1].shape
+    differing = np.any(shots[0] != shots[1], axis=2).sum()
+    assert differing > 200, "the Chinese characters render as identical boxes (no CJK font?)"

@@ -195,7 +195,10 @@ def env_rows(run: RunResult) -> list[EnvRow]:
     fp = _row("model fingerprint", _short_fp(ref), _short_fp(cand))
     fp.title_reference, fp.title_candidate = ref.model_fingerprint, cand.model_fingerprint
     fp.differs = ref.model_fingerprint != cand.model_fingerprint
-    rows += [fp, _row("model source", ref.model_source, cand.model_source)]
+    source = _row("model source", ref.model_source, cand.model_source)
+    # the fingerprint is the identity: the same weights found at two places are the same
+    source.differs = source.differs and fp.differs
+    rows += [fp, source]
     for label, attr, what in (("model override", "model_override", "the backend's own model"),
                               ("trust_remote_code", "trust_remote_code", "runs model code")):
         row = _row(label, _flag_text(getattr(ref, attr), what), _flag_text(getattr(cand, attr), what))
