@@ -39,6 +39,11 @@ class Generation:
     text: str | None = None
     ids_from_text: bool = False
     stopped: bool = False
+    # with `generate(..., gather=...)`: the log-probs this run gave the requested ids at
+    # each step (rows up to the shorter of the two lengths) and the log of the mass
+    # outside them — the decode path measured on the very steps that chose the tokens
+    gathered_logprobs: np.ndarray | None = None   # (steps, k) float32
+    gathered_tail: np.ndarray | None = None       # (steps,) float32
 
     @property
     def has_logprobs(self) -> bool:
@@ -105,6 +110,10 @@ class Backend(ABC):
 
     supports_logprobs: bool = True
     supports_scoring: bool = True
+    # `generate(..., gather=...)` returns the log-probs of given ids at every step
+    supports_gather: bool = False
+    # `score_incremental`: given tokens fed one at a time through the KV cache
+    supports_incremental: bool = False
 
     def __init__(self, config: BackendConfig):
         self.config = config
@@ -128,8 +137,28 @@ class Backend(ABC):
               gather_ids: np.ndarray, top_k: int) -> Scores:
         """Teacher-forced scoring of `target_ids` after `prompt_ids`, in one forward pass."""
 
+    def score_incremental(self, prompt_ids: Sequence[int], target_ids: Sequence[int],
+                          gather_ids: np.ndarray, top_k: int, start: int = 0) -> Scores:
+        """The decode path over a given continuation: the prompt is prefilled as in
+        generation, then each target token is fed one at a time through the KV cache, and
+        rows `start`…n−1 are returned (row i predicts target token i; `gather_ids` has a row
+        per target token). Runtimes that cannot feed chosen tokens leave
+        `supports_incremental` False and say why in `unsupported["incremental"]`."""
+        from specengine.errors import BackendUnavailable
+
+        raise BackendUnavailable(self.unsupported.get("incremental")
+                                 or f"backend '{self.name}' cannot feed given tokens through "
+                                    "its KV cache")
+
     def hidden_states(self, ids: Sequence[int]) -> list[np.ndarray] | None:
         """Per-layer hidden states (embedding, each decoder layer, final norm), or None."""
+        return None
+
+    def decode_hidden_states(self, prompt_ids: Sequence[int], target_ids: Sequence[int],
+                             step: int) -> list[np.ndarray] | None:
+        """Per-layer hidden states (each (1, d)) of the incremental decode step that
+        predicts target token `step` (step ≥ 1: target token step−1 fed through the KV
+        cache after the prompt and the tokens before it), or None when unsupported."""
         return None
 
     def embed(self, feeds: dict[str, np.ndarray]) -> Embedded:

@@ -107,24 +107,35 @@ class OnnxBackend(Backend):
             raise BackendCrashed(f"backend '{self.name}': no model loaded")
         return self.graph
 
+    supports_gather = True
+    supports_incremental = True
+
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, top_k: int,
-                 stop_ids: Sequence[int] = ()) -> list[Generation]:
-        return [self._generate_one(list(p), max_new_tokens, top_k, set(int(s) for s in stop_ids))
-                for p in prompts]
+                 stop_ids: Sequence[int] = (), gather: Sequence[np.ndarray] | None = None
+                 ) -> list[Generation]:
+        stop = set(int(s) for s in stop_ids)
+        return [self._generate_one(list(p), max_new_tokens, top_k, stop,
+                                   None if gather is None else np.asarray(gather[i], np.int64))
+                for i, p in enumerate(prompts)]
 
     def _generate_one(self, prompt: list[int], max_new_tokens: int, top_k: int,
-                      stop: set[int]) -> Generation:
+                      stop: set[int], wanted: np.ndarray | None = None) -> Generation:
         from .onnx_graph import log_softmax
 
         graph = self._need_graph()
         start = time.perf_counter()
         timings: dict[str, float] = {}
         chosen, ids_rows, lp_rows, tail_rows = [], [], [], []
+        g_rows, g_tails = [], []
         try:
             logits, cursor = graph.prefill(prompt)
             last = logits[-1]
             for step in range(max_new_tokens):
-                ids, vals, tail = topk_with_tail(log_softmax(last[None]), top_k)
+                lp = log_softmax(last[None])
+                ids, vals, tail = topk_with_tail(lp, top_k)
+                if wanted is not None and step < len(wanted):
+                    g_rows.append(np.take_along_axis(lp, wanted[step][None], -1)[0])
+                    g_tails.append(log_mass_excluding(lp, wanted[step][None])[0])
                 token = int(ids[0, 0])
                 chosen.append(token)
                 ids_rows.append(ids[0])
@@ -140,9 +151,41 @@ class OnnxBackend(Backend):
                                  f"{' '.join(str(exc).split())[:300]}") from None
         timings["total_s"] = time.perf_counter() - start
         k = min(top_k, ids_rows[0].shape[0]) if ids_rows else top_k
-        return Generation(prompt, chosen, _stack(ids_rows, k, np.int64),
-                          _stack(lp_rows, k, np.float32), np.asarray(tail_rows, np.float32),
-                          timings)
+        gen = Generation(prompt, chosen, _stack(ids_rows, k, np.int64),
+                         _stack(lp_rows, k, np.float32), np.asarray(tail_rows, np.float32),
+                         timings)
+        if wanted is not None and g_rows:
+            gen.gathered_logprobs = np.stack(g_rows).astype(np.float32)
+            gen.gathered_tail = np.asarray(g_tails, np.float32)
+        return gen
+
+    def score_incremental(self, prompt_ids: Sequence[int], target_ids: Sequence[int],
+                          gather_ids: np.ndarray, top_k: int, start: int = 0) -> Scores:
+        from .onnx_graph import log_softmax
+
+        graph = self._need_graph()
+        gather = np.asarray(gather_ids, dtype=np.int64)
+        rows: list[np.ndarray] = []
+        try:
+            logits, cursor = graph.prefill([int(x) for x in prompt_ids])
+            last = logits[-1]
+            for i, token in enumerate(target_ids):
+                if i >= start:
+                    rows.append(log_softmax(last[None])[0])
+                if i < len(target_ids) - 1:
+                    last = graph.advance(cursor, int(token))
+        except Exception as exc:
+            raise BackendCrashed(f"backend '{self.name}' run failed: "
+                                 f"{' '.join(str(exc).split())[:300]}") from None
+        k = gather.shape[-1] if gather.ndim == 2 else 1
+        if not rows:
+            return Scores(np.zeros((0, k), np.float32), np.zeros((0,), np.float32),
+                          np.zeros((0, top_k), np.int64), np.zeros((0, top_k), np.float32))
+        lp = np.stack(rows)
+        want = gather[start:start + len(rows)]
+        top_ids, top_lp, _ = topk_with_tail(lp, top_k)
+        return Scores(np.take_along_axis(lp, want, axis=-1).astype(np.float32),
+                      log_mass_excluding(lp, want), top_ids, top_lp)
 
     def score(self, prompt_ids: Sequence[int], target_ids: Sequence[int],
               gather_ids: np.ndarray, top_k: int) -> Scores:

@@ -16,7 +16,7 @@ from specengine.errors import BackendCrashed, BackendUnavailable
 
 from .base import Backend, BackendConfig, Embedded, Generation, Scores
 from .torch_device import TorchDevice, cpu_name
-from .torch_models import device_placement, load_torch_model
+from .torch_models import device_placement, load_torch_model, modeling_code
 
 
 class TorchBackend(Backend):
@@ -34,6 +34,7 @@ class TorchBackend(Backend):
         self.resolved = None
         self.load_s = 0.0
         self.settings: dict[str, Any] = {}
+        self.modeling: dict[str, Any] = {}
         self.prepare_device()
 
     # -- device hooks: one path for every device family (TorchDevice); the NPU layer
@@ -71,6 +72,7 @@ class TorchBackend(Backend):
         self.synchronize()
         self.load_s = time.perf_counter() - start
         self.resolved = source
+        self.modeling = modeling_code(self.model, source)
         self.settings["attn_implementation"] = str(getattr(self.model.config, "_attn_implementation", ""))
         placement = device_placement(self.model, source.spec.device_map)
         if placement:
@@ -80,8 +82,12 @@ class TorchBackend(Backend):
     def input_device(self):
         return self.model.get_input_embeddings().weight.device
 
+    supports_gather = True
+    supports_incremental = True
+
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, top_k: int,
-                 stop_ids: Sequence[int] = ()) -> list[Generation]:
+                 stop_ids: Sequence[int] = (), gather: Sequence[np.ndarray] | None = None
+                 ) -> list[Generation]:
         torch = self.torch
         batch = len(prompts)
         lengths = [len(p) for p in prompts]
@@ -96,6 +102,8 @@ class TorchBackend(Backend):
         ids, mask = ids.to(dev), mask.to(dev)
         stop = torch.tensor(sorted(set(int(s) for s in stop_ids)) or [-1], device=dev)
         steps_ids, steps_lp, steps_tail, chosen = [], [], [], []
+        wanted = _gather_table(torch, gather, batch, dev)
+        gathered: list = []
         finished = torch.zeros(batch, dtype=torch.bool, device=dev)
         past = None
         timings: dict[str, float] = {}
@@ -106,7 +114,10 @@ class TorchBackend(Backend):
             for step in range(max_new_tokens):
                 out = self._forward(step_input, mask, position, past)
                 past = out.past_key_values
-                top_ids, top_lp, tail = _topk_tail(torch, out.logits[:, -1, :], top_k)
+                lp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+                top_ids, top_lp, tail = _topk_tail(torch, lp, top_k)
+                if wanted is not None and step < wanted.shape[1]:
+                    gathered.append(_gather_tail(torch, lp, wanted[:, step]))
                 nxt = top_ids[:, 0]
                 steps_ids.append(top_ids)
                 steps_lp.append(top_lp)
@@ -123,7 +134,74 @@ class TorchBackend(Backend):
                 position = position[:, -1:] + 1
         self.synchronize()
         timings["total_s"] = time.perf_counter() - start
-        return _collect(prompts, chosen, steps_ids, steps_lp, steps_tail, timings)
+        gens = _collect(prompts, chosen, steps_ids, steps_lp, steps_tail, timings)
+        if gathered:
+            g_lp = torch.stack([g[0] for g in gathered], 1).cpu().numpy()
+            g_tail = torch.stack([g[1] for g in gathered], 1).cpu().numpy()
+            for row, gen in enumerate(gens):
+                n = min(len(gen.output_ids), len(gather[row]))
+                gen.gathered_logprobs, gen.gathered_tail = g_lp[row][:n], g_tail[row][:n]
+        return gens
+
+    def score_incremental(self, prompt_ids: Sequence[int], target_ids: Sequence[int],
+                          gather_ids: np.ndarray, top_k: int, start: int = 0) -> Scores:
+        torch = self.torch
+        n = len(target_ids)
+        dev = self.input_device
+        gather = torch.as_tensor(np.asarray(gather_ids), dtype=torch.long, device=dev)
+        rows_lp, rows_tail, rows_ids, rows_top = [], [], [], []
+        with torch.inference_mode():
+            past, length = None, len(prompt_ids)
+            step_input = torch.tensor([list(prompt_ids)], dtype=torch.long, device=dev)
+            position = torch.arange(length, device=dev)[None]
+            for i in range(n):
+                mask = torch.ones((1, length), dtype=torch.long, device=dev)
+                out = self._forward(step_input, mask, position, past)
+                past = out.past_key_values
+                if i >= start:
+                    lp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+                    g_lp, g_tail = _gather_tail(torch, lp, gather[i][None])
+                    top = lp.topk(top_k, dim=-1)
+                    rows_lp.append(g_lp[0]), rows_tail.append(g_tail[0])
+                    rows_ids.append(top.indices[0]), rows_top.append(top.values[0])
+                step_input = torch.tensor([[int(target_ids[i])]], dtype=torch.long, device=dev)
+                position = torch.tensor([[length]], device=dev)
+                length += 1
+        if not rows_lp:
+            k = gather.shape[-1] if gather.dim() == 2 else 1
+            return Scores(np.zeros((0, k), np.float32), np.zeros((0,), np.float32),
+                          np.zeros((0, top_k), np.int64), np.zeros((0, top_k), np.float32))
+        return Scores(torch.stack(rows_lp).cpu().numpy(), torch.stack(rows_tail).cpu().numpy(),
+                      torch.stack(rows_ids).cpu().numpy().astype(np.int64),
+                      torch.stack(rows_top).cpu().numpy())
+
+    def decode_hidden_states(self, prompt_ids: Sequence[int], target_ids: Sequence[int],
+                             step: int) -> list[np.ndarray] | None:
+        torch = self.torch
+        if step < 1 or step > len(target_ids):
+            return None
+        dev = self.input_device
+        # the prompt prefilled, then target tokens 0 … step−1 fed one at a time; the
+        # last of them is the decode step whose states are returned
+        feeds = [list(prompt_ids)] + [[int(t)] for t in target_ids[:step]]
+        past, length = None, 0
+        with torch.inference_mode():
+            for i, feed in enumerate(feeds):
+                ids = torch.tensor([feed], dtype=torch.long, device=dev)
+                position = torch.arange(length, length + len(feed), device=dev)[None]
+                length += len(feed)
+                mask = torch.ones((1, length), dtype=torch.long, device=dev)
+                last = i == len(feeds) - 1
+                try:
+                    out = self.model(input_ids=ids, attention_mask=mask, position_ids=position,
+                                     past_key_values=past, use_cache=True,
+                                     output_hidden_states=last)
+                except RuntimeError as exc:
+                    raise BackendCrashed(f"backend '{self.name}' forward failed: "
+                                         f"{' '.join(str(exc).split())[:300]}") from None
+                past = out.past_key_values
+        return [h[0].float().cpu().numpy() for h in out.hidden_states]
+
 
     def _forward(self, input_ids, mask, position, past):
         try:
@@ -209,7 +287,8 @@ class TorchBackend(Backend):
         versions.update(self.extra_versions())
         return {"backend": self.name, "runtime": "torch", "device": self.config.device,
                 "device_name": self.device_name(), "dtype": self.config.dtype,
-                "versions": versions, "settings": dict(self.settings)}
+                "versions": versions, "settings": dict(self.settings),
+                "modeling": dict(self.modeling)}
 
     def extra_versions(self) -> dict[str, str]:
         return {}
@@ -219,12 +298,33 @@ class TorchBackend(Backend):
         self.device_layer.empty_cache()
 
 
-def _topk_tail(torch, logits, k: int):
-    """Top-k of the float32 log-softmax of raw logits, and log of the remaining mass."""
-    lp = torch.log_softmax(logits.float(), dim=-1)
+def _topk_tail(torch, lp, k: int):
+    """Top-k of float32 log-softmax rows, and log of the remaining mass."""
     top = lp.topk(k, dim=-1)
     tail = torch.logsumexp(lp.scatter(-1, top.indices, float("-inf")), dim=-1)
     return top.indices, top.values, tail
+
+
+def _gather_tail(torch, lp, ids):
+    """Log-probs of `ids` (rows of ids per row of lp) and the log of the mass outside them."""
+    return lp.gather(-1, ids), torch.logsumexp(lp.scatter(-1, ids, float("-inf")), dim=-1)
+
+
+def _gather_table(torch, gather, batch: int, dev):
+    """The ids to gather, (batch, steps, k) on the device, rows padded with id 0 past
+    their own length (the padded rows are cut off again when collected)."""
+    if gather is None:
+        return None
+    rows = [np.atleast_2d(np.asarray(g, dtype=np.int64)) for g in gather]
+    if len(rows) != batch or max((r.shape[0] for r in rows), default=0) == 0:
+        return None
+    steps = max(r.shape[0] for r in rows)
+    k = max(r.shape[1] for r in rows if r.shape[0])
+    table = np.zeros((batch, steps, k), dtype=np.int64)
+    for i, r in enumerate(rows):
+        if r.shape[0]:
+            table[i, :r.shape[0], :r.shape[1]] = r
+    return torch.as_tensor(table, device=dev)
 
 
 def _collect(prompts, chosen, steps_ids, steps_lp, steps_tail, timings) -> list[Generation]:

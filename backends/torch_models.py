@@ -27,13 +27,11 @@ def load_torch_model(resolved, dtype: str = "float32", device: str = "cpu",
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from specengine.progress import enabled
-
-    if not enabled():
-        hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()     # specengine reports progress itself
 
     spec = resolved.spec
     factory = AutoModel if spec.kind == "embedding" else AutoModelForCausalLM
+    refuse_silent_builtin(resolved, factory.__name__)
     # weights_only: a pickled checkpoint (*.bin) may hold tensors and nothing else
     kwargs: dict[str, Any] = dict(dtype=torch_dtype(dtype), local_files_only=True,
                                   trust_remote_code=bool(spec.trust_remote_code),
@@ -92,3 +90,56 @@ def device_placement(model, requested: Any = None) -> dict[str, str]:
     if len(set(found.values())) == 1 and (not isinstance(requested, dict) or set(requested) == {""}):
         return {"": next(iter(found.values()))}
     return found
+
+
+def own_code(hf_dir: Path) -> dict[str, str]:
+    """The `auto_map` of a model folder's config.json: which Auto class maps to which of
+    the folder's own code (`modeling_x.Class`), or {} when the folder ships none."""
+    import json
+
+    try:
+        config = json.loads((Path(hf_dir) / "config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if not isinstance(auto_map, dict):
+        return {}
+    return {str(k): str(v if isinstance(v, str) else v[0]) for k, v in auto_map.items()
+            if isinstance(v, (str, list)) and v}
+
+
+def refuse_silent_builtin(resolved, factory: str) -> None:
+    """A folder whose config names its own modeling code is never loaded with the
+    library's built-in class without the spec saying so: ModelSourceError (exit 2) naming
+    both ways out."""
+    spec = resolved.spec
+    code = own_code(resolved.hf_dir)
+    target = code.get(factory) or (code.get("AutoModel") if factory != "AutoModel" else None)
+    if not target or spec.trust_remote_code or getattr(spec, "use_builtin_class", False):
+        return
+    raise ModelSourceError(
+        f"{resolved.hf_dir}/config.json names its own modeling code ({factory} → {target}), "
+        "and the spec does not say whether to run it: set model.trust_remote_code: true to "
+        "run the port's own code, or model.use_builtin_class: true to load the library's "
+        f"built-in class for this model type knowingly [{spec.where}]")
+
+
+def modeling_code(model, resolved) -> dict[str, Any]:
+    """Which modeling code ran: the class, its module, and — when the folder ships its own
+    code — the sha256 over its .py files and whether that code was the code that ran."""
+    import hashlib
+
+    cls = type(model)
+    out: dict[str, Any] = {"class": cls.__name__, "module": cls.__module__}
+    folder = Path(getattr(resolved, "hf_dir", "") or ".")
+    files = sorted(p for p in folder.glob("*.py") if p.is_file())
+    if files:
+        h = hashlib.sha256()
+        for path in files:
+            h.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        out["folder_code_sha256"] = h.hexdigest()
+        out["folder_code_files"] = [p.name for p in files]
+        out["folder_code_ran"] = not cls.__module__.startswith("transformers.models.")
+    else:
+        out["folder_code_sha256"] = None
+    return out

@@ -123,12 +123,12 @@ def ceil_sig(x: float, digits: int = 2) -> float:
 
 
 def samples_of(run: RunResult) -> list[CaseSample]:
-    """Per-case metrics of a check run (teacher-forced and divergence checks)."""
+    """Per-case metrics of a check run (teacher-forced, decode and divergence checks)."""
     out = []
     for case in run.cases:
-        tf = next((c for c in case.checks if c.name == "teacher-forced"), None)
         div = next((c for c in case.checks if c.name == "divergence"), None)
-        m = tf.metrics if tf is not None else {}
+        m = _both_paths([c.metrics for c in case.checks
+                         if c.name in ("teacher-forced", "decode") and c.metrics])
         d = div.metrics if div is not None else {}
         out.append(CaseSample(
             case_id=case.id, positions=int(m.get("positions") or len(case.golden_ids) or 0),
@@ -137,6 +137,21 @@ def samples_of(run: RunResult) -> list[CaseSample]:
             max_abs_dp=m.get("max_abs_dp"), divergence_step=d.get("step"),
             divergence_rank=d.get("rank_in_golden"), divergence_margin=d.get("margin"),
             status=case.status))
+    return out
+
+
+def _both_paths(metrics: list[dict]) -> dict:
+    """The one-pass and decode-path metrics of a case merged into the worse of the two
+    (the same tolerances judge both paths): max of the errors, min of the agreement."""
+    if not metrics:
+        return {}
+    out = dict(metrics[0])
+    for m in metrics[1:]:
+        for key in ("kl_mean", "kl_max", "max_abs_dlogprob", "max_abs_dp"):
+            values = [v for v in (out.get(key), m.get(key)) if v is not None]
+            out[key] = max(values) if values else None
+        values = [v for v in (out.get("top1_agreement"), m.get("top1_agreement")) if v is not None]
+        out["top1_agreement"] = min(values) if values else None
     return out
 
 
@@ -214,7 +229,10 @@ def measure(spec: Spec, backend: str, against: str | None, golden_dir: Path | No
              for c in select_cases(spec, case_ids)]
     run = check_spec(spec, backend, golden_dir, against, cases)
     samples = samples_of(run)
-    base = Tolerance().merged(((spec.located.data.get("defaults") or {}).get("tolerance")))
+    from .tolerances import DEFAULTS
+
+    base = DEFAULTS.get(run.tolerance_class, Tolerance()).merged(
+        (spec.located.data.get("defaults") or {}).get("tolerance"))
     cal = Calibration(spec_name=spec.name, spec_path=str(spec.path), candidate=run.candidate.backend,
                       reference=run.reference.backend, reference_kind=run.reference_kind,
                       headroom=headroom, samples=samples, stats=stats_of(samples),

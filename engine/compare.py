@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .spec import Tolerance
+from .tolerances import Tolerance
 
 
 @dataclass
@@ -32,6 +32,8 @@ class TeacherForced:
     near_ties: int = 0                  # positions excluded from top1_agreement
     failures: list[str] = field(default_factory=list)
     nonfinite: bool = False
+    dp: list[float] = field(default_factory=list)         # per position, signed: p_C − p_G of G's token
+    same_top1: list[bool] = field(default_factory=list)   # per position: C's argmax is G's top-1
 
 
 @dataclass
@@ -120,6 +122,10 @@ def teacher_forced(golden_ids: np.ndarray, golden_lp: np.ndarray, golden_tail: n
         worst_position=int(np.argmax(kl)), kl=[float(x) for x in kl],
         top1_agreement_all=raw_agree, near_ties=int((~clear).sum()),
         abs_dlogprob=[float(x) for x in dlp], nonfinite=not finite,
+        dp=[float(x) for x in np.nan_to_num(
+            np.exp(cand_lp[:, 0].astype(np.float64)) - np.exp(golden_lp[:, 0].astype(np.float64)),
+            nan=-1.0)],
+        same_top1=[bool(x) for x in hits],
     )
     checks = [
         (not finite, "candidate log-probs contain NaN or Inf"),
@@ -233,3 +239,62 @@ def repeatability(first_ids: Sequence[int], first_lp: np.ndarray,
 
 def _short(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+@dataclass
+class Consistency:
+    """One backend's two paths over the same sequence: its incremental decode (KV cache)
+    against its own one-pass forward. Needs no golden; judged at that backend's own dtype
+    noise."""
+
+    passed: bool
+    kl_mean: float
+    kl_max: float
+    max_abs_dlogprob: float
+    top1_agreement: float
+    worst_position: int
+    kl: list[float]
+    abs_dlogprob: list[float]
+    failures: list[str] = field(default_factory=list)
+
+
+def consistency(decode_lp: np.ndarray, decode_tail: np.ndarray, decode_top1: np.ndarray,
+                prefill_lp: np.ndarray, prefill_tail: np.ndarray, prefill_top1: np.ndarray,
+                clear: np.ndarray, tol: Tolerance) -> Consistency:
+    """KL(decode‖one-pass) on the partition {the gathered ids, tail}, max |Δ logprob| over
+    the gathered ids and argmax agreement at the positions `clear` of a near-tie — both
+    paths' log-probs taken at the same ids, row i predicting the same token."""
+    n = decode_lp.shape[0]
+    if n == 0:
+        return Consistency(True, 0.0, 0.0, 0.0, 1.0, 0, [], [])
+    kl = kl_partition(decode_lp, decode_tail, prefill_lp, prefill_tail)
+    dlp = np.abs(decode_lp.astype(np.float64) - prefill_lp.astype(np.float64)).max(axis=1)
+    bad = ~np.isfinite(kl) | ~np.isfinite(dlp)
+    kl, dlp = np.where(bad, np.inf, kl), np.where(bad, np.inf, dlp)
+    hits = np.asarray(decode_top1) == np.asarray(prefill_top1)
+    clear = np.asarray(clear, dtype=bool)
+    agree = float(hits[clear].mean()) if clear.any() else 1.0
+    res = Consistency(True, float(kl.mean()), float(kl.max()), float(dlp.max()), agree,
+                      int(np.argmax(kl)), [float(x) for x in kl], [float(x) for x in dlp])
+    checks = [
+        (res.kl_mean > tol.kl_mean_max, f"KL mean {res.kl_mean:.4g} > {tol.kl_mean_max:g}"),
+        (res.kl_max > tol.kl_max, f"KL max {res.kl_max:.4g} > {tol.kl_max:g} "
+                                  f"(position {res.worst_position})"),
+        (agree < tol.top1_agreement_min, f"argmax agreement {agree:.3f} < "
+                                         f"{tol.top1_agreement_min:g}"),
+        (res.max_abs_dlogprob > tol.logprob_atol,
+         f"max |Δ logprob| {res.max_abs_dlogprob:.4g} > {tol.logprob_atol:g}"),
+    ]
+    res.failures = [msg for failed, msg in checks if failed]
+    res.passed = not res.failures
+    return res
+
+
+def first_bad_position(kl: Sequence[float], abs_dlogprob: Sequence[float],
+                       tol: Tolerance) -> int | None:
+    """The first position whose KL or |Δ logprob| alone exceeds the per-position limits
+    (kl_max, logprob_atol); None when every position is within them."""
+    for i, (k, d) in enumerate(zip(kl, abs_dlogprob)):
+        if not (k <= tol.kl_max and d <= tol.logprob_atol):
+            return i
+    return None

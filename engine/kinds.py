@@ -46,7 +46,7 @@ DETERMINISM_KEYS = {
 
 TOP_LEVEL_KEYS = {
     CAUSAL_LM: {"specengine", "name", "description", "model", "reference", "backends",
-                "defaults", "cases", "perf"},
+                "defaults", "cases", "perf", "distribution"},
     EMBEDDING: {"specengine", "name", "description", "model", "reference", "backends",
                 "defaults", "cases", "perf", "embedding"},
     OPS: {"specengine", "name", "description", "reference", "backends", "defaults", "ops"},

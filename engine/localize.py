@@ -266,7 +266,8 @@ def teacher_forced_ids(record: dict) -> list[int]:
     return full[:-1] if record["output_ids"] else full
 
 
-def capture(backend: Any, ids: Sequence[int]) -> tuple[list[str], list[np.ndarray]]:
+def capture(backend: Any, ids: Sequence[int], run: Any = None
+            ) -> tuple[list[str], list[np.ndarray]]:
     """Per-layer hidden states of one sequence on a loaded backend: (names, (T, d) arrays).
 
     The torch backend returns transformers' `output_hidden_states`, which in transformers
@@ -275,6 +276,9 @@ def capture(backend: Any, ids: Sequence[int]) -> tuple[list[str], list[np.ndarra
     (`capture_outputs(tie_last_hidden_states=True)`). A forward hook on the final norm
     recovers layer n−1's raw output (the norm's input), so every decoder layer and the
     final norm are both present. Backends without that structure are labelled by count.
+
+    `run`, when given, produces the states instead of `backend.hidden_states(ids)` (the
+    decode path: one incremental step's states); the hook reads its last forward call.
     """
     captured: dict[str, Any] = {}
     handle = None
@@ -285,7 +289,7 @@ def capture(backend: Any, ids: Sequence[int]) -> tuple[list[str], list[np.ndarra
             captured["out"] = output[0] if isinstance(output, tuple) else output
         handle = norm.register_forward_hook(hook)
     try:
-        states = backend.hidden_states(list(ids))
+        states = run() if run is not None else backend.hidden_states(list(ids))
     finally:
         if handle is not None:
             handle.remove()
@@ -393,9 +397,11 @@ def localize_failed_case(session: Any, result: Any, record: dict, reference: str
 
 def localize_spec(spec: Any, case_ids: list[str] | None, backend: str, against: str | None,
                   golden_dir: Any, growth: float = GROWTH,
-                  floor: float | None = None) -> list[Localization]:
+                  floor: float | None = None, path: str = "prefill") -> list[Localization]:
     """`specengine localize`: the selected cases of a spec, candidate `backend` against a
-    live `against` backend (full hidden states) or against the golden's sketch alone."""
+    live `against` backend (full hidden states) or against the golden's sketch alone.
+    With `path="decode"` each case's decode path is localized against the candidate's own
+    one-pass forward instead (on the golden's, or the live reference's, sequence)."""
     from specengine.backends.registry import config_for
 
     from .golden import golden_path, load_golden
@@ -417,7 +423,9 @@ def localize_spec(spec: Any, case_ids: list[str] | None, backend: str, against: 
             records = {}
             for case in bar(cases, f"reference {spec.name} on {ref_name}", len(cases)):
                 records[case.id] = record_case(session, case, sketch=False)
-                ref_states[case.id] = capture(session.backend, teacher_forced_ids(records[case.id]))
+                if path != "decode":
+                    ref_states[case.id] = capture(session.backend,
+                                                  teacher_forced_ids(records[case.id]))
             ref_dtype, reference = session.config.dtype, ref_name
         finally:
             session.close()
@@ -432,6 +440,14 @@ def localize_spec(spec: Any, case_ids: list[str] | None, backend: str, against: 
     try:
         out = []
         for case in bar(cases, f"localize {spec.name} on {cand_name}", len(cases)):
+            if path == "decode":
+                from .localize_decode import localize_decode_record
+
+                out.append(localize_decode_record(
+                    session.backend, records[case.id], case.id, candidate=cand_name,
+                    dtype=session.config.dtype, quantization=session.config.quantization,
+                    growth=growth, floor=floor))
+                continue
             out.append(localize_record(session.backend, records[case.id], case.id,
                                        candidate=cand_name, reference=reference,
                                        ref_states=ref_states.get(case.id), growth=growth,

@@ -75,6 +75,8 @@ class Side:
     model_override: bool = False      # the backend's own model, not the spec's
     trust_remote_code: bool = False
     settings: dict[str, Any] = field(default_factory=dict)   # determinism switches etc.
+    quantization: dict[str, Any] | None = None   # declared weight/activation/KV formats
+    modeling: dict[str, Any] = field(default_factory=dict)   # which modeling code ran
 
 
 @dataclass
@@ -84,7 +86,7 @@ class RunResult:
     command: str                      # check | record-golden
     candidate: Side
     reference: Side
-    comparison: str                   # self-check | cross-backend
+    comparison: str                   # self-check | cross-model | cross-backend
     reference_kind: str               # golden | live
     status: str = PASS                # pass | fail | error
     cases: list[CaseResult] = field(default_factory=list)

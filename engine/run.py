@@ -18,15 +18,17 @@ import numpy as np
 
 from specengine.backends.base import ScoringUnavailable
 
-from . import compare
-from .errors import BackendCrashed, BackendUnavailable, GoldenError, SpecEngineError, SpecError
+from . import compare, decode
+from .errors import (BackendCrashed, BackendUnavailable, GoldenError, ReferenceInconsistent,
+                     SpecEngineError, SpecError)
 from .greedy import greedy_check, greedy_note
 from .golden import (Golden, build_golden, case_hash, describe_changes, golden_path,
                      load_golden, previous_golden, step_record, write_golden)
-from .progress import bar
+from .progress import cases as progress_cases
 from .results import ERROR, FAIL, NOT_RUN, PASS, CaseResult, Check, RunResult, Side, TopKRow
 from .session import Session, open_session, reference_source
 from .spec import Case, Spec
+from .tolerances import coarser, dtype_class
 
 
 def select_cases(spec: Spec, ids: list[str] | None = None, tags: list[str] | None = None,
@@ -59,6 +61,19 @@ def _match_expr(expr: str, case: Case) -> bool:
 def record_case(session: Session, case: Case, sketch: bool = True) -> dict:
     """Run one case on the reference and return its golden record (with the layer sketch
     that `localize` needs when the backend returns hidden states and `sketch` is set)."""
+    return record_case_checked(session, case, sketch)[0]
+
+
+def side_class(side: Side) -> str:
+    """The numeric class (float32 / half / quantized) of one side of a comparison."""
+    return dtype_class(side.dtype, side.quantization)
+
+
+def record_case_checked(session: Session, case: Case, sketch: bool = True
+                        ) -> tuple[dict, compare.Consistency | None]:
+    """`record_case`, plus the reference's own prefill/decode consistency on the case: its
+    generation (incremental decode) against its one-pass scores of the same tokens, judged
+    at its own dtype's default tolerance."""
     ids = session.prompt_ids(case)
     _check_length(session, case, ids)
     try:
@@ -80,6 +95,8 @@ def record_case(session: Session, case: Case, sketch: bool = True) -> dict:
                                  f"case '{case.id}', so it cannot record a golden: "
                                  f"{_unsupported(session.backend, 'logprobs')}")
     _check_finite(gen.topk_logprobs, session, case)
+    own = case.tolerance_for(dtype_class(session.config.dtype, session.config.quantization))
+    consistency = decode.generation_consistency(session.backend, ids, gen, case.top_k, own)
     record = {"hash": case_hash(ids, case.settings(), session.resolved.fingerprint),
               "prompt": session.prompt_text(case), "prompt_ids": ids,
               "output_ids": gen.output_ids, "output_text": session.tokenizer.decode(gen.output_ids),
@@ -92,7 +109,7 @@ def record_case(session: Session, case: Case, sketch: bool = True) -> dict:
         layer_sketch = sketch_for_record(session.backend, record)
         if layer_sketch:
             record["sketch"] = layer_sketch
-    return record
+    return record, consistency
 
 
 def _check_finite(lp: np.ndarray, session: Session, case: Case) -> None:
@@ -102,8 +119,13 @@ def _check_finite(lp: np.ndarray, session: Session, case: Case) -> None:
 
 
 def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool = False,
-                  echo: Callable[[str], None] = print) -> Path:
-    """Record every case of a spec on a backend into golden/<spec>/<backend>.json."""
+                  echo: Callable[[str], None] = print,
+                  allow_inconsistent: bool = False) -> Path:
+    """Record every case of a spec on a backend into golden/<spec>/<backend>.json.
+
+    A reference whose own decode and one-pass paths disagree on a case (beyond its dtype's
+    noise) does not become a golden: ReferenceInconsistent (exit 1) naming the cases,
+    unless `allow_inconsistent`, which the golden then records."""
     from specengine.backends.registry import config_for
 
     if spec.kind == "embedding":
@@ -121,21 +143,45 @@ def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool 
     session = open_session(spec, name)
     _bind_chats(session)
     try:
-        cases = {case.id: record_case(session, case)
-                 for case in bar(spec.cases, f"record {spec.name} on {name}", len(spec.cases))}
+        cases, checks = {}, {}
+        for case in progress_cases(spec.cases, "record", spec.name, name):
+            cases[case.id], checks[case.id] = record_case_checked(session, case)
         side = session.side()
     finally:
         session.close()
+    inconsistent = _report_consistency(checks, echo)
     env = {k: v for k, v in side.__dict__.items()
            if k not in ("model_fingerprint", "model_source")}
+    if inconsistent and not allow_inconsistent:
+        raise ReferenceInconsistent(
+            f"backend '{name}' disagrees with itself (incremental decode vs one-pass) on "
+            f"{len(inconsistent)} case(s): {'; '.join(inconsistent)[:600]}; nothing was "
+            "recorded — fix the reference, or pass --allow-inconsistent-reference to record it "
+            "anyway (the golden says so)")
     data = build_golden(spec.name, name, session.resolved.fingerprint, session.resolved.origin,
-                        env, cases)
+                        env, cases, inconsistent_allowed=inconsistent if allow_inconsistent
+                        else None)
     if old is not None:
         echo(f"changes in {path}:")
         for line in describe_changes(old, data):
             echo(line)
     write_golden(path, data)
     return path
+
+
+def _report_consistency(checks: dict, echo: Callable[[str], None]) -> list[str]:
+    """One line per case on the reference's prefill/decode consistency; the failures."""
+    bad = []
+    for cid, cons in checks.items():
+        if cons is None:
+            echo(f"  {cid}: prefill/decode consistency not measured (no one-pass scores)")
+            continue
+        state = "ok" if cons.passed else "INCONSISTENT"
+        echo(f"  {cid}: prefill/decode {state} (KL mean {cons.kl_mean:.2g}, max |Δ logprob| "
+             f"{cons.max_abs_dlogprob:.2g})")
+        if not cons.passed:
+            bad.append(f"{cid}: {', '.join(cons.failures)}")
+    return bad
 
 
 # -- checking ----------------------------------------------------------------------
@@ -165,8 +211,9 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
     if against:
         ref_name = config_for(against, spec.backends).name
         ref_states: dict = {}
+        ref_checks: dict = {}
         golden, ref_side = _live_reference(spec, ref_name, cases,
-                                           ref_states if localize else None)
+                                           ref_states if localize else None, ref_checks)
         ref_kind = "live"
     else:
         ref_name = spec.reference
@@ -178,18 +225,22 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
     _bind_chats(session)
     try:
         cand_side = session.side()
+        klass = coarser(side_class(cand_side), side_class(ref_side))
         run = RunResult(spec_name=spec.name, spec_path=str(spec.path), command="check",
                         candidate=cand_side, reference=ref_side,
                         comparison=comparison_label(cand_side, ref_side),
-                        reference_kind=ref_kind)
+                        reference_kind=ref_kind, tolerance_class=klass)
         if session.model_override:
             run.notes.append(f"candidate '{cand_name}' runs its own model: {session.resolved.origin}")
         if not (session.backend.supports_logprobs and session.backend.supports_scoring):
             run.notes.append(f"candidate '{cand_name}' gives no log-probs, so the checks that need "
                              f"them are not run: {_unsupported(session.backend, 'scoring')}")
-        for case in bar(cases, f"check {spec.name} on {cand_name}", len(cases)):
+        for case in progress_cases(cases, "check", spec.name, cand_name, run.cases):
             try:
-                result = check_case(session, case, golden)
+                result = check_case(session, case, golden, klass)
+                if against:
+                    _reference_consistency_check(result, ref_checks.get(case.id), ref_side,
+                                                 case)
             except BackendCrashed as exc:   # out of memory: the backend cannot go on
                 run.cases.append(CaseResult(id=case.id, status=ERROR, line=case.line,
                                             tags=list(case.tags), error=exc.one_line()))
@@ -198,7 +249,9 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
                 exc.partial_run = run     # the CLI still writes the requested reports
                 raise
             run.cases.append(result)
-            if localize and result.status == FAIL:
+            if localize and result.status == FAIL and _decode_only_failure(result):
+                _localize_decode(session, result, golden.cases[case.id])
+            elif localize and result.status == FAIL:
                 from .localize import localize_failed_case
 
                 localize_failed_case(session, result, golden.cases[case.id], ref_side.backend,
@@ -215,11 +268,34 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
         run.candidate = session.side()
     finally:
         session.close()
+    run.distribution = spec_distribution(run.cases, spec.distribution)
     run.finish()
     if run.perf and run.perf.get("status") == ERROR:
         run.status = ERROR
     run.duration_s = time.perf_counter() - started
     return run
+
+
+def _decode_only_failure(result: CaseResult) -> bool:
+    """The decode path (or the candidate's prefill/decode consistency) failed while the
+    one-pass comparison passed: the bug lives on the incremental-decode path."""
+    status = {c.name: c.status for c in result.checks}
+    return (FAIL in (status.get("decode"), status.get("consistency"))
+            and status.get("teacher-forced") == PASS)
+
+
+def _localize_decode(session: Session, result: CaseResult, record: dict) -> None:
+    """check --localize for a decode-path failure: the first layer whose incremental state
+    departs from the candidate's own one-pass state (a problem becomes the `error`)."""
+    from .localize_decode import localize_decode_record
+
+    try:
+        loc = localize_decode_record(session.backend, record, result.id,
+                                     candidate=session.config.name, dtype=session.config.dtype,
+                                     quantization=session.config.quantization)
+        result.localization = loc.to_dict()
+    except SpecEngineError as exc:
+        result.localization = {"case_id": result.id, "error": exc.one_line()}
 
 
 def _measure_perf(session: Session, spec: Spec, golden_dir: Path | None) -> dict:
@@ -236,8 +312,39 @@ def _measure_perf(session: Session, spec: Spec, golden_dir: Path | None) -> dict
 
 
 def comparison_label(a: Side, b: Side) -> str:
+    """self-check: same runtime, device, dtype and model fingerprint (it shows
+    repeatability only); cross-model: only the weights differ; cross-backend otherwise."""
     same = (a.runtime, a.device.split(":")[0], a.dtype) == (b.runtime, b.device.split(":")[0], b.dtype)
-    return "self-check" if same else "cross-backend"
+    if not same:
+        return "cross-backend"
+    fingerprints = a.model_fingerprint, b.model_fingerprint
+    if all(fingerprints) and fingerprints[0] != fingerprints[1]:
+        return "cross-model"
+    return "self-check"
+
+
+def spec_distribution(cases: list[CaseResult], limits: dict | None) -> dict | None:
+    """Distribution statistics over every compared position of every case, per path
+    (one-pass `prefill`, incremental `decode`), and the spec-level limits they break."""
+    from .distribution import PATHS, distribution, judge
+
+    out: dict = {"failures": [], "limits": dict(limits or {})}
+    for path in PATHS:
+        suffix = "" if path == "prefill" else "_decode"
+        kl, dp, same = [], [], []
+        for case in cases:
+            pp = case.per_position
+            if f"kl{suffix}" in pp and f"dp{suffix}" in pp:
+                kl += pp[f"kl{suffix}"]
+                dp += pp[f"dp{suffix}"]
+                same += [bool(x) for x in pp.get(f"same_top1{suffix}", [])]
+        stats = distribution(path, kl, dp, same)
+        if stats is not None:
+            out[path] = stats.as_dict()
+            wanted = (limits or {}).get("paths", list(PATHS))
+            if path in wanted:
+                out["failures"] += judge(stats, limits or {})
+    return out if any(p in out for p in PATHS) else None
 
 
 def _golden_side(golden: Golden) -> Side:
@@ -272,14 +379,19 @@ def _check_staleness(spec: Spec, golden: Golden, ref_name: str, cases: list[Case
 
 
 def _live_reference(spec: Spec, ref_name: str, cases: list[Case],
-                    states: dict | None = None) -> tuple[Golden, Side]:
+                    states: dict | None = None, checks: dict | None = None
+                    ) -> tuple[Golden, Side]:
     """Records of the reference run live; with `states`, also each case's per-layer hidden
-    states (for check --localize), by case id."""
+    states (for check --localize), by case id; with `checks`, each case's reference
+    prefill/decode consistency."""
     session = open_session(spec, ref_name)
     _bind_chats(session)
     try:
-        records = {case.id: record_case(session, case, sketch=False)
-                   for case in bar(cases, f"reference {spec.name} on {ref_name}", len(cases))}
+        records = {}
+        for case in progress_cases(cases, "reference", spec.name, ref_name):
+            records[case.id], consistency = record_case_checked(session, case, sketch=False)
+            if checks is not None:
+                checks[case.id] = consistency
         if states is not None:
             from .localize import capture, teacher_forced_ids
 
@@ -296,8 +408,27 @@ def _live_reference(spec: Spec, ref_name: str, cases: list[Case],
     return Golden(Path(f"<live {ref_name}>"), data), side
 
 
-def check_case(session: Session, case: Case, golden: Golden) -> CaseResult:
-    """All checks of one case; an exception becomes an `error` case, not a lost run."""
+def _reference_consistency_check(result: CaseResult, cons, ref_side: Side,
+                                 case: Case) -> None:
+    """check --against: the live reference's own prefill/decode consistency on the case."""
+    own = case.tolerance_for(side_class(ref_side))
+    if cons is None:
+        result.checks.append(Check("reference-consistency", NOT_RUN,
+                                   f"reference '{ref_side.backend}' gave no one-pass scores"))
+        return
+    result.checks.append(decode.consistency_check(
+        "reference-consistency", cons, own, case.tolerance_source.label(side_class(ref_side)),
+        f"reference '{ref_side.backend}': its generation vs its one-pass scores"))
+    if not cons.passed and result.status == PASS:
+        result.status = FAIL
+
+
+def check_case(session: Session, case: Case, golden: Golden, klass: str | None = None
+               ) -> CaseResult:
+    """All checks of one case; an exception becomes an `error` case, not a lost run.
+
+    `klass` is the comparison's numeric class (the coarser side's), which picks the
+    default tolerance set the spec's and case's own values are applied over."""
     start = time.perf_counter()
     record = golden.cases[case.id]
     result = CaseResult(id=case.id, status=PASS, line=case.line, tags=list(case.tags),
@@ -305,9 +436,11 @@ def check_case(session: Session, case: Case, golden: Golden) -> CaseResult:
                         golden_ids=list(record["output_ids"]))
     tok = session.tokenizer
     result.golden_tokens = tok.token_strings(record["output_ids"])
+    result.golden_token_bytes = [None if b is None else b.hex() for b in tok.token_bytes(record["output_ids"])]
     try:
         with _time_limit(session.spec.timeout_s):
-            _run_checks(session, case, golden, record, result)
+            _run_checks(session, case, golden, record, result,
+                        klass or dtype_class(session.config.dtype, session.config.quantization))
     except CaseTimedOut:
         result.error = (f"timed out after {session.spec.timeout_s:g} s (defaults.timeout_s); "
                         "the remaining checks of this case were not run")
@@ -388,15 +521,18 @@ def _context_limit(session: Session) -> int | None:
 
 
 def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
-                result: CaseResult) -> None:
-    backend, tok, tol = session.backend, session.tokenizer, case.tolerance
+                result: CaseResult, klass: str) -> None:
+    backend, tok = session.backend, session.tokenizer
+    tol = case.tolerance_for(klass)
+    tolerance_set = case.tolerance_source.label(klass)
     prompt_ids = list(record["prompt_ids"])
     _check_length(session, case, prompt_ids)
     g_ids, g_lp, g_tail = golden.arrays(case.id)
-    gen = _generate(session, case, prompt_ids, record)
+    gen = _generate(session, case, prompt_ids, record, gather=g_ids)
     result.candidate_ids = list(gen.output_ids)
     result.candidate_text = tok.decode(gen.output_ids)
     result.candidate_tokens = tok.token_strings(gen.output_ids)
+    result.candidate_token_bytes = [None if b is None else b.hex() for b in tok.token_bytes(gen.output_ids)]
 
     nonfinite = gen.has_logprobs and bool(np.isnan(gen.topk_logprobs).any()
                                           or np.isposinf(gen.topk_logprobs).any())
@@ -442,15 +578,23 @@ def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
             {"kl_mean": tf.kl_mean, "kl_max": tf.kl_max, "top1_agreement": tf.top1_agreement,
              "top1_agreement_all": tf.top1_agreement_all, "near_ties": tf.near_ties,
              "max_abs_dlogprob": tf.max_abs_dlogprob, "max_abs_dp": tf.max_abs_dp,
-             "positions": len(tf.kl), "tolerance": tol.as_dict()}))
-        result.per_position = {"kl": tf.kl, "abs_dlogprob": tf.abs_dlogprob}
+             "positions": len(tf.kl), "tolerance": tol.as_dict(),
+             "tolerance_set": tolerance_set}))
+        result.per_position = {"kl": tf.kl, "abs_dlogprob": tf.abs_dlogprob, "dp": tf.dp,
+                               "same_top1": [float(x) for x in tf.same_top1]}
         result.worst_position = tf.worst_position
         result.worst_topk = _topk_rows(tok, g_ids[tf.worst_position], g_lp[tf.worst_position],
                                        scores.gathered_logprobs[tf.worst_position])
     else:
+        scores = None
         result.checks.append(Check("teacher-forced", NOT_RUN, "the golden has no generated tokens"))
 
-    # 3. determinism: repeats of the same case
+    # 3. decode path (KV cache) against the golden, and against the one-pass path
+    if len(record["output_ids"]):
+        _decode_checks(session, case, record, gen, div.step, scores, result, klass,
+                       tol, tolerance_set, (g_ids, g_lp, g_tail))
+
+    # 4. determinism: repeats of the same case
     det = case.determinism
     if det.runs > 1:
         reps, tokens_only = [], not gen.has_logprobs
@@ -476,7 +620,7 @@ def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
             result.checks.append(Check("determinism.logprobs", NOT_RUN,
                                        f"needs log-probs: {_unsupported(backend, 'logprobs')}"))
 
-    # 4. batch invariance: the case alone (above) vs inside batches of other cases
+    # 5. batch invariance: the case alone (above) vs inside batches of other cases
     if any(size > 1 for size in det.batch_sizes) and not gen.has_logprobs:
         result.checks.append(Check("batch-invariance", NOT_RUN,
                                    f"needs log-probs: {_unsupported(backend, 'logprobs')}"))
@@ -486,11 +630,48 @@ def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
         result.checks.append(batch_invariance_check(session, case, prompt_ids, gen))
 
 
-def _generate(session: Session, case: Case, prompt_ids: list[int], record: dict):
+def _decode_checks(session: Session, case: Case, record: dict, gen, div_step: int | None,
+                   scores, result: CaseResult, klass: str, tol, tolerance_set: str,
+                   golden_arrays) -> None:
+    """The `decode` check (decode-path rows vs the golden) and the `consistency` check
+    (decode-path rows vs the candidate's own one-pass scores, at its own dtype's noise)."""
+    g_ids, g_lp, g_tail = golden_arrays
+    rows = decode.decode_rows(session.backend, list(record["prompt_ids"]),
+                              list(record["output_ids"]), g_ids, gen, div_step, case.top_k)
+    check, dtf = decode.decode_check(rows, g_ids, g_lp, g_tail, tol, tolerance_set)
+    result.checks.append(check)
+    if dtf is not None:
+        result.per_position.update({"kl_decode": dtf.kl, "abs_dlogprob_decode": dtf.abs_dlogprob,
+                                    "dp_decode": dtf.dp,
+                                    "same_top1_decode": [float(x) for x in dtf.same_top1]})
+    own_class = dtype_class(session.config.dtype, session.config.quantization)
+    own = case.tolerance_for(own_class)
+    if scores is None or rows.covered == 0:
+        reason = rows.note if rows.covered == 0 else _unsupported(session.backend, "scoring")
+        result.checks.append(Check("consistency", NOT_RUN, f"needs both paths: {reason}"))
+        return
+    n = rows.covered
+    cons = compare.consistency(rows.lp, rows.tail, rows.top1, scores.gathered_logprobs[:n],
+                               scores.gathered_tail[:n], scores.top_ids[:n, 0],
+                               decode.clear_of_ties(scores.top_logprobs[:n], own.max_margin), own)
+    result.per_position["kl_consistency"] = cons.kl
+    result.checks.append(decode.consistency_check(
+        "consistency", cons, own, case.tolerance_source.label(own_class),
+        "the candidate's decode path vs its own one-pass scores of the golden's sequence"))
+
+
+def _generate(session: Session, case: Case, prompt_ids: list[int], record: dict,
+              gather=None):
     """The candidate's greedy run of a case; ids that a served model's text was
-    re-tokenized into are re-read along the golden's (Backend.align_to_golden)."""
+    re-tokenized into are re-read along the golden's (Backend.align_to_golden). With
+    `gather` (the golden's top-k ids per step) a backend that supports it also returns the
+    log-probs it gave those ids at every step."""
     backend, tok = session.backend, session.tokenizer
-    gen = backend.generate([prompt_ids], case.max_new_tokens, case.top_k, tok.stop_ids)[0]
+    if gather is not None and getattr(backend, "supports_gather", False):
+        gen = backend.generate([prompt_ids], case.max_new_tokens, case.top_k, tok.stop_ids,
+                               gather=[gather])[0]
+    else:
+        gen = backend.generate([prompt_ids], case.max_new_tokens, case.top_k, tok.stop_ids)[0]
     return backend.align_to_golden(gen, record["output_ids"], tok, case.max_new_tokens)
 
 

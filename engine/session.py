@@ -50,7 +50,9 @@ class Session:
                     versions=env.get("versions", {}), model_fingerprint=self.resolved.fingerprint,
                     model_source=self.resolved.origin, model_override=self.model_override,
                     trust_remote_code=self.resolved.spec.trust_remote_code,
-                    settings=env.get("settings", {}))
+                    settings=env.get("settings", {}),
+                    quantization=env.get("quantization", self.config.quantization),
+                    modeling=env.get("modeling", {}))
 
     def close(self) -> None:
         self.backend.close()

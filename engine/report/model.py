@@ -14,6 +14,7 @@ from ..results import ERROR, FAIL, NOT_RUN, PASS, CaseResult, RunResult, Side
 from .text import is_number, short_hash
 
 SELF_CHECK = "self-check"
+CROSS_MODEL = "cross-model"
 CROSS_BACKEND = "cross-backend"
 SELF_CHECK_TEXT = ("self-check: both sides ran on the same runtime/device/dtype; "
                    "this is not a cross-backend pass")
@@ -204,9 +205,46 @@ def env_rows(run: RunResult) -> list[EnvRow]:
         row = _row(label, _flag_text(getattr(ref, attr), what), _flag_text(getattr(cand, attr), what))
         row.flag = getattr(ref, attr) or getattr(cand, attr)
         rows.append(row)
+    code = _row("modeling code", modeling_text(ref), modeling_text(cand))
+    code.flag = any((s.modeling or {}).get("folder_code_sha256") for s in (ref, cand))
+    rows.append(code)
+    if ref.quantization or cand.quantization:
+        rows.append(_row("quantization", _mapping_text(ref.quantization),
+                         _mapping_text(cand.quantization)))
     for key in sorted(set(ref.settings) | set(cand.settings)):
         rows.append(_row(f"setting: {key}", ref.settings.get(key, ""), cand.settings.get(key, "")))
     return rows
+
+
+def modeling_text(side: Side) -> str:
+    """Which modeling code ran on a side: class (module), and the folder's own code —
+    its sha256 and whether it ran — when the folder ships any."""
+    info = side.modeling or {}
+    if not info:
+        return ""
+    text = f"{info.get('class', '?')} ({info.get('module', '?')})"
+    sha = info.get("folder_code_sha256")
+    if sha:
+        ran = "ran" if info.get("folder_code_ran") else "NOT run: built-in class used"
+        text += f"; folder code sha256 {short_hash(sha)} {ran}"
+    return text
+
+
+def _mapping_text(value: Any) -> str:
+    if not value:
+        return ""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in sorted(value.items()))
+    return str(value)
+
+
+def tolerance_set(case: CaseResult) -> str:
+    """Which tolerance set judged a case (e.g. 'float32 defaults + spec: kl_mean_max')."""
+    for check in case.checks:
+        label = check.metrics.get("tolerance_set") if isinstance(check.metrics, dict) else None
+        if label and check.name in PREFERRED_CHECKS + ("decode",):
+            return str(label)
+    return ""
 
 
 def _short_fp(side: Side) -> str:
