@@ -144,3 +144,63 @@ def test_record_golden_prints_continuations_and_near_ties(tmp_path):
     # the tiny model's near-ties (seeded): a warning on the case with an expectation
     assert "warning: expect.contains is fragile: near-tie step" in out, out
     assert Path(tmp_path / "golden" / "ci-tiny" / "cpu.json").is_file()
+
+
+def test_provenance_has_no_machine_paths(tmp_path, monkeypatch):
+    import sys
+
+    from specengine.provenance import portable_path
+
+    site = tmp_path / "venv" / "lib" / "site-packages"
+    (site / "somepkg" / "model").mkdir(parents=True)
+    monkeypatch.setattr(sys, "path", [str(site)] + sys.path)
+    assert portable_path(site / "somepkg" / "model") == "pkg://somepkg/model"
+    project = tmp_path / "proj"
+    (project / "models" / "m").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("")
+    spec = write_spec(project / "specs" / "x.yaml", "x: 1\n")
+    assert portable_path(project / "models" / "m", spec) == "models/m"
+    assert portable_path("/opt/elsewhere/m", spec) == "/opt/elsewhere/m"
+
+
+def test_committed_goldens_and_origins_are_portable():
+    import json
+
+    from helpers import REPO
+    from specengine.sources import resolve
+    from specengine.spec import load_spec
+
+    for name, spec in (("smollm2-135m", "specs/smollm2-135m.yaml"),
+                       ("minilm-l6", "specs/minilm-l6.yaml")):
+        source = json.loads((REPO / "golden" / name / "cpu.json").read_text())["model"]["source"]
+        assert "pkg://" in source and str(REPO) not in source and "/tmp" not in source, source
+        origin = resolve(load_spec(REPO / spec).model).origin
+        assert origin == source, (origin, source)
+
+
+def test_equal_fingerprints_are_not_flagged_as_another_source():
+    from specengine.report import render_markdown
+    from specengine.report.model import env_rows
+
+    ref = Side(backend="cpu", model_fingerprint="sha256:aa", model_source="path /a/m")
+    cand = Side(backend="cpu-bf16", model_fingerprint="sha256:aa", model_source="path /b/m")
+    run = RunResult(spec_name="s", spec_path="s.yaml", command="check", candidate=cand,
+                    reference=ref, comparison="cross-backend", reference_kind="golden")
+    row = next(r for r in env_rows(run) if r.label == "model source")
+    assert not row.differs
+    assert "/b/m ≠" not in render_markdown([run])
+    cand.model_fingerprint = "sha256:bb"
+    assert next(r for r in env_rows(run) if r.label == "model source").differs
+
+
+def test_a_tie_after_the_expectation_is_met_is_not_a_warning():
+    from specengine.record_summary import settled_step
+
+    pieces = ["", " Paris", ".", " It", " is"]
+    decode = lambda ids: "".join(pieces[i] for i in ids)   # noqa: E731
+    ids = [1, 2, 3, 4]
+    assert settled_step({"contains": "Paris"}, ids, decode) == 1
+    assert settled_step({"startswith": " Paris."}, ids, decode) == 2
+    assert settled_step({"contains": "Rome"}, ids, decode) == 4
+    assert settled_step({"regex": "P"}, ids, decode) == 4
+    assert settled_step({"min_prob": 0.1}, ids, decode) == 0
