@@ -26,18 +26,44 @@ ALIASES = {"cpu-fp32": "cpu", "cpu32": "cpu", "bf16": "cpu-bf16", "gpu": "cuda",
            "ascend": "npu", "ort": "onnx", "onnxruntime": "onnx"}
 
 # runtime -> "module:Class", per device family where the runtime needs a thin layer.
+# Only the product's own runtimes are here: a spec names a runtime, and naming one must
+# never import a module from the current folder or sys.path that the product does not ship.
 RUNTIMES = {
     ("torch", "npu"): "specengine.backends.npu:NpuBackend",
     ("torch", None): "specengine.backends.torch_backend:TorchBackend",
     ("onnx", None): "specengine.backends.onnx_backend:OnnxBackend",
     ("openai", None): "specengine.backends.openai_backend:OpenAIBackend",
-    # test only: the torch runtime slowed on purpose (tests/slow_backend.py; importable
-    # when tests/ is on sys.path, as under pytest)
-    ("test-slow", None): "slow_backend:SlowTorchBackend",
-    # test only: the torch runtime with injected faults (NaN logits, exceptions, hangs,
-    # out-of-memory, a failing constructor; tests/fault_backend.py)
-    ("test-fault", None): "fault_backend:FaultBackend",
 }
+BUILTIN_RUNTIMES = frozenset(runtime for runtime, _ in RUNTIMES)
+_REGISTERED: dict[tuple[str, str | None], str] = {}
+
+
+def register_runtime(runtime: str, target: str, device_family: str | None = None) -> None:
+    """Make `runtime` usable in specs' `backends:` entries, implemented by `target`
+    ("module:Class", imported when a backend of that runtime is created).
+
+    This is the extension point for code that embeds specengine (its own test suite, a
+    plugin): only a Python caller can register a runtime, never a spec."""
+    if runtime in BUILTIN_RUNTIMES:
+        raise ValueError(f"runtime '{runtime}' is built in")
+    if ":" not in target:
+        raise ValueError(f"target {target!r} is not 'module:Class'")
+    _REGISTERED[(runtime, device_family)] = target
+
+
+def unregister_runtime(runtime: str) -> None:
+    for key in [k for k in _REGISTERED if k[0] == runtime]:
+        del _REGISTERED[key]
+
+
+def known_runtimes() -> list[str]:
+    """The runtimes a spec may name: the built-in ones and those registered."""
+    return sorted(BUILTIN_RUNTIMES | {runtime for runtime, _ in _REGISTERED})
+
+
+def _runtime_target(runtime: str, family: str) -> str | None:
+    table = {**_REGISTERED, **RUNTIMES}
+    return table.get((runtime, family)) or table.get((runtime, None))
 
 
 def known_names(extra: Mapping[str, object] | None = None) -> list[str]:
@@ -70,9 +96,10 @@ def config_for(name: str, spec_backends: Mapping[str, BackendConfig] | None = No
 
 def backend_class(config: BackendConfig) -> type[Backend]:
     family = config.device.split(":")[0]
-    target = RUNTIMES.get((config.runtime, family)) or RUNTIMES.get((config.runtime, None))
+    target = _runtime_target(config.runtime, family)
     if target is None:
-        raise UsageError(f"backend '{config.name}': unknown runtime '{config.runtime}'")
+        raise UsageError(f"backend '{config.name}': unknown runtime '{config.runtime}' "
+                         f"(known: {', '.join(known_runtimes())})")
     module_name, class_name = target.split(":")
     try:
         module = importlib.import_module(module_name)

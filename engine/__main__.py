@@ -1,5 +1,9 @@
 import sys
 
-from specengine.cli import main
+try:
+    from specengine.cli import entry
+except KeyboardInterrupt:      # SIGINT while the program is still being imported
+    sys.stderr.write("specengine: interrupted\n")
+    sys.exit(130)
 
-sys.exit(main())
+entry()

@@ -18,6 +18,7 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -34,9 +35,16 @@ MESSAGE_LIMIT = 4000          # characters of one annotation's message before es
 
 # --- escaping -----------------------------------------------------------------------
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def escape_data(text: str) -> str:
-    """A workflow command's message: `%`, CR and LF escaped."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """A workflow command's message: `%`, CR and LF escaped as GitHub decodes them; every
+    other control character (ESC, BEL, NUL, line separators) percent-encoded as well, so
+    that it reaches neither the log viewer nor a terminal."""
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return _CONTROL.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")),
+                        text)
 
 
 def escape_property(text: str) -> str:

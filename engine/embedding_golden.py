@@ -93,17 +93,13 @@ def load_embedding_golden(path: Path, spec_name: str | None = None) -> Golden:
 
     from .spec import schema
 
+    from .fileio import read_golden_json
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise GoldenError(f"no golden at {path}: record it with "
                           f"`specengine record-golden SPEC --backend {path.stem}`")
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except UnicodeDecodeError:
-        raise GoldenError(f"golden {path} is corrupted (not UTF-8)") from None
-    except ValueError as exc:
-        raise GoldenError(f"golden {path} is corrupted or truncated (not valid JSON: "
-                          f"{exc.msg} at line {exc.lineno})") from None
+    data = read_golden_json(path)
     if not isinstance(data, dict):
         raise GoldenError(f"golden {path} is corrupted (not a JSON object)")
     if data.get("kind") != "embedding":

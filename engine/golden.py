@@ -156,21 +156,13 @@ def load_golden(path: Path, spec_name: str | None = None) -> Golden:
 
     from .spec import schema
 
+    from .fileio import read_golden_json
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise GoldenError(f"no golden at {path}: record it with "
                           f"`specengine record-golden SPEC --backend {path.stem}`")
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except UnicodeDecodeError:
-        raise GoldenError(f"golden {path} is corrupted (not UTF-8)") from None
-    except OSError as exc:
-        raise GoldenError(f"cannot read golden {path}: {exc.strerror or exc}") from None
-    except RecursionError:
-        raise GoldenError(f"golden {path} is corrupted (nested too deeply)") from None
-    except ValueError as exc:
-        raise GoldenError(f"golden {path} is corrupted or truncated (not valid JSON: "
-                          f"{exc.msg} at line {exc.lineno})") from None
+    data = read_golden_json(path)
     if not isinstance(data, dict):
         raise GoldenError(f"golden {path} is corrupted (not a JSON object)")
     if data.get("format") != GOLDEN_FORMAT:
@@ -192,6 +184,12 @@ def load_golden(path: Path, spec_name: str | None = None) -> Golden:
         if len(case["steps"]) != len(case["output_ids"]):
             raise GoldenError(f"golden {path}: case '{cid}' has {len(case['steps'])} steps for "
                               f"{len(case['output_ids'])} output ids")
+        for n, step in enumerate(case["steps"]):
+            values = list(step["logprobs"]) + ([] if step["tail"] is None else [step["tail"]])
+            if not all(math.isfinite(v) for v in values):
+                raise GoldenError(f"golden {path}: case '{cid}' step {n} holds a log-probability "
+                                  "that is not finite (a recorded golden stores only finite "
+                                  "ones; an empty tail is null)")
         sketch = case.get("sketch")
         if sketch and any(len(layer["v"]) != sketch["dims"]
                           or len(layer["norms"]) != len(sketch["positions"])

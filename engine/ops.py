@@ -359,7 +359,7 @@ def _op_result(case: OpCase, runner: OpRunner, ref_runner: OpRunner | None, ref_
         m = runner.measure(case)
         if golden_case is not None and golden_case["inputs_sha256"] != m.inputs_sha256:
             raise GoldenError(f"op '{case.id}': the seeded inputs differ from the ones the "
-                              f"golden was recorded with (numpy's generator changed?); "
+                              f"golden was recorded with (an older input generator?); "
                               "re-record with --update")
         inputs = m.inputs
         if ref_runner is not None:
@@ -574,10 +574,9 @@ def load_ops_golden(path: Path, spec_name: str) -> dict:
     from .golden import content_hash
     from .spec import schema
 
-    try:
-        data = json.loads(Path(path).read_text("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise GoldenError(f"golden {path} is corrupted (not valid JSON)") from None
+    from .fileio import read_golden_json
+
+    data = read_golden_json(path)
     if not isinstance(data, dict) or data.get("kind") != "ops":
         raise GoldenError(f"golden {path} is not an ops golden; re-record it with --update")
     if data.get("format") != OPS_GOLDEN_FORMAT:

@@ -441,10 +441,9 @@ def build_perf_golden(spec_name: str, m: PerfMeasurement) -> dict:
 def load_perf_golden(path: Path, spec_name: str) -> dict:
     from .golden import content_hash
 
-    try:
-        data = json.loads(Path(path).read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise GoldenError(f"perf golden {path} is unreadable or corrupted ({exc})") from None
+    from .fileio import read_golden_json
+
+    data = read_golden_json(path, "perf golden")
     if not isinstance(data, dict) or data.get("kind") != "perf" \
             or data.get("format") != PERF_GOLDEN_FORMAT:
         raise GoldenError(f"{path} is not a format-{PERF_GOLDEN_FORMAT} perf golden; re-record "

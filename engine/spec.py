@@ -137,16 +137,16 @@ def schema(name: str = "spec") -> dict:
 
 def load_spec(path: str | Path) -> Spec:
     """Read, validate and resolve one spec file. SpecError (exit 2) on any problem."""
+    from .fileio import FileRefused, read_limited
+
     path = Path(path)
     shown = str(path)
     try:
-        raw = path.read_bytes()
+        raw = read_limited(path, MAX_SPEC_BYTES, "spec")
     except FileNotFoundError:
         raise SpecError("no such spec file", shown) from None
-    except OSError as exc:
-        raise SpecError(f"cannot read spec: {exc.strerror or exc}", shown) from None
-    if len(raw) > MAX_SPEC_BYTES:
-        raise SpecError(f"spec is {len(raw)} bytes; the limit is {MAX_SPEC_BYTES}", shown)
+    except FileRefused as exc:
+        raise SpecError(str(exc), shown) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -164,12 +164,39 @@ def validate_schema(located: Located) -> None:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
+    check_numbers(located)
     validator = Draft202012Validator(schema("spec"))
     errors = list(validator.iter_errors(located.data))
     if not errors:
         return
     error = best_match(errors, key=_error_rank)
     raise _schema_error(located, error)
+
+
+MAX_INT = 2 ** 63 - 1
+
+
+def check_numbers(located: Located) -> None:
+    """Every number in a spec is finite and fits in 64 bits: a NaN compares false with
+    every limit (a NaN tolerance would switch its check off), an infinite time limit is no
+    limit, and an integer no library can hold fails deep inside one."""
+    import math
+
+    stack: list[tuple[tuple, Any]] = [((), located.data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((path + (k,), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((path + (i,), v) for i, v in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            where = "/".join(str(p) for p in path) or "the spec"
+            raise located.error(path, f"{where}: {value} is not allowed (numbers in a spec "
+                                      "must be finite: no NaN or infinity)")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            where = "/".join(str(p) for p in path) or "the spec"
+            raise located.error(path, f"{where}: integer out of range (integers in a spec "
+                                      "must lie within ±(2**63 - 1))")
 
 
 def _error_rank(error) -> tuple:
@@ -236,6 +263,7 @@ def _build(located: Located, file: Path, base_dir: Path) -> Spec:
     backends: dict[str, BackendConfig] = {}
     backend_models: dict[str, ModelSpec] = {}
     for name, entry in (data.get("backends") or {}).items():
+        _check_runtime(located, name, entry["runtime"])
         options = dict(entry.get("options") or {})
         dtype = entry.get("dtype", "float32")
         _check_backend_dtype(located, name, entry["runtime"], dtype)
@@ -315,6 +343,16 @@ def _check_backend_dtype(located: Located, name: str, runtime: str, dtype: str) 
                             f"{', '.join(FLOAT_DTYPES)}, not '{dtype}'; a quantized dtype "
                             "names a served (openai) deployment — for fake-quantized weights "
                             "keep a float dtype and declare quantization: {weights: ...}")
+
+
+def _check_runtime(located: Located, name: str, runtime: str) -> None:
+    from specengine.backends.registry import known_runtimes
+
+    known = known_runtimes()
+    if runtime not in known:
+        raise located.error(("backends", name, "runtime"),
+                            f"backends/{name}: unknown runtime '{runtime}' (known: "
+                            f"{', '.join(known)})")
 
 
 def _check_tolerance(located: Located, path: tuple, tol: Tolerance, top_k: int) -> None:

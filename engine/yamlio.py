@@ -55,15 +55,86 @@ def load_yaml(text: str, file: str) -> Located:
     CR or other line breaks, any error) goes through ruamel, which words every error;
     tests/test_fuzz.py checks that the two give identical data and positions.
     """
+    _prescan(text, file)
     root = _compose_fast(text)
     if root is not None:
         located = Located(None, file)
-        try:
-            located.data = _Builder(located).build(root, ())
-            return located
-        except SpecError:
-            pass  # the reference parser below words the error
+        located.data = _Builder(located).build(root, ())   # its errors are the same either way
+        return located
     return _load_ruamel(text, file)
+
+
+MAX_DEPTH = 64
+
+
+def _prescan(text: str, file: str) -> None:
+    """Refuse a document with more than MAX_NODES nodes (before alias expansion, which the
+    builder bounds) or nested deeper than MAX_DEPTH, from its parser events alone: no node
+    tree is built, so a document at the size limit is refused in about a second, with the
+    position of the first node past the limit. libyaml's events where it parses the text,
+    else ruamel's; a text neither parses is left to the composer, which words the error."""
+    for events in (_fast_events, _ruamel_events):
+        try:
+            for count, depth, event in _walk(events(text)):
+                if depth > MAX_DEPTH:
+                    raise _event_error(event, file, f"document nested too deeply (more than "
+                                                    f"{MAX_DEPTH} levels)")
+                if count > MAX_NODES:
+                    raise _event_error(event, file, f"document too large (more than "
+                                                    f"{MAX_NODES} values)")
+            return
+        except SpecError:
+            raise
+        except Exception:
+            continue
+
+
+def _walk(events):
+    """(values so far, depth, event) for every value node, as the builder counts them:
+    mapping keys are not values, and depth is the length of the value's path."""
+    count = 0
+    stack: list[list[bool]] = []      # per open collection: [is_mapping, next is a key]
+    for event in events:
+        name = type(event).__name__
+        if name in ("MappingEndEvent", "SequenceEndEvent"):
+            stack.pop()
+            continue
+        if name not in ("MappingStartEvent", "SequenceStartEvent", "ScalarEvent",
+                        "AliasEvent"):
+            continue
+        is_key = bool(stack) and stack[-1][0] and stack[-1][1]
+        if stack and stack[-1][0]:
+            stack[-1][1] = not stack[-1][1]
+        if not is_key:
+            count += 1
+            yield count, len(stack), event
+        if name in ("MappingStartEvent", "SequenceStartEvent"):
+            stack.append([name == "MappingStartEvent", True])
+
+
+def _event_error(event, file: str, message: str) -> SpecError:
+    mark = event.start_mark
+    return SpecError(message, file, mark.line + 1, mark.column + 1)
+
+
+def _fast_events(text: str):
+    loader_class = _fast_loader()
+    if loader_class is None:
+        raise LookupError("no libyaml")
+    loader = loader_class(text)
+    try:
+        while loader.check_event():
+            yield loader.get_event()
+    finally:
+        loader.dispose()
+
+
+def _ruamel_events(text: str):
+    from ruamel.yaml import YAML
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield from YAML(typ="safe", pure=True).parse(text)
 
 
 _SLOW_ONLY = re.compile(r"^%|^\.\.\.|(?:^|[\s\[\]{},])!|[\t\r\x85\u2028\u2029\ufeff]", re.M)
@@ -120,19 +191,35 @@ def _load_ruamel(text: str, file: str) -> Located:
         mark = exc.problem_mark or exc.context_mark
         problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
         if mark is None:
-            raise SpecError(f"YAML syntax error: {problem}", file) from None
+            raise SpecError(f"YAML syntax error: {problem}", file, 1, 1) from None
         raise SpecError(f"YAML syntax error: {problem}", file, mark.line + 1,
                         mark.column + 1) from None
     except YAMLError as exc:
-        raise SpecError(f"YAML error: {' '.join(str(exc).split())}", file) from None
-    except (ValueError, RecursionError) as exc:
-        raise SpecError(f"YAML error: {exc}", file) from None
+        position = getattr(exc, "position", None)   # a reader error: a character offset
+        line, col = _line_col(text, position) if isinstance(position, int) else (1, 1)
+        problem = " ".join(str(getattr(exc, "reason", None) or exc).split())
+        character = getattr(exc, "character", None)
+        if isinstance(character, str):
+            character = ord(character)
+        if isinstance(character, int):
+            problem = f"unacceptable character #x{character:04x} ({problem})"
+        raise SpecError(f"YAML error: {problem}", file, line, col) from None
+    except RecursionError:
+        raise SpecError(f"document nested too deeply (more than {MAX_DEPTH} levels)",
+                        file, 1, 1) from None
+    except ValueError as exc:
+        raise SpecError(f"YAML error: {exc}", file, 1, 1) from None
     located = Located(None, file)
     if root is None:
         raise SpecError("the file is empty", file, 1, 1)
     builder = _Builder(located)
     located.data = builder.build(root, ())
     return located
+
+
+def _line_col(text: str, position: int) -> tuple[int, int]:
+    position = max(0, min(position, len(text)))
+    return text.count("\n", 0, position) + 1, position - text.rfind("\n", 0, position)
 
 
 class _Builder:
@@ -152,8 +239,8 @@ class _Builder:
         if self.count > MAX_NODES:
             raise self._fail(node, f"document too large (more than {MAX_NODES} values after "
                                    "alias expansion)")
-        if len(path) > 64:
-            raise self._fail(node, "document nested too deeply (more than 64 levels)")
+        if len(path) > MAX_DEPTH:
+            raise self._fail(node, f"document nested too deeply (more than {MAX_DEPTH} levels)")
         tag = str(node.tag)
         short = tag[len(_PLAIN):] if tag.startswith(_PLAIN) else None
         if short not in _ALLOWED:

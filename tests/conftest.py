@@ -10,6 +10,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from helpers import SMOLLM2_SPEC  # noqa: E402
+from runtimes import register as _register_test_runtimes  # noqa: E402
+
+_register_test_runtimes()   # test-slow, test-fault: the suite's own runtimes
 
 
 @pytest.fixture(scope="session")

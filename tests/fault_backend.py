@@ -1,6 +1,6 @@
 """A test-only backend that misbehaves on purpose: the torch runtime with injected faults.
 
-Registered as runtime `test-fault` (backends/registry.py). A spec selects it under
+Registered as runtime `test-fault` by the suite (runtimes.py). A spec selects it under
 `backends:` and picks the faults in `options`; each `*_on` option is a marker string, and
 the fault fires on every forward pass whose prompt (decoded with the bytes tokenizer of
 synthetic models) contains the marker:
@@ -15,7 +15,7 @@ synthetic models) contains the marker:
   fail_load: true  load() raises a RuntimeError (weights that cannot be placed)
 
 Importable as `fault_backend` when tests/ is on sys.path (pytest puts it there;
-subprocesses get it through PYTHONPATH).
+CLI subprocesses run through cli_main.py).
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ class FaultBackend(TorchBackend):
         elif self._hit("inf"):
             logits[..., 0] = float("inf")
 
-    def generate(self, prompts, max_new_tokens, top_k, stop_ids=()):
+    def generate(self, prompts, max_new_tokens, top_k, stop_ids=(), **options):
         self._prompts = [_text(p) for p in prompts]
-        return super().generate(prompts, max_new_tokens, top_k, stop_ids)
+        return super().generate(prompts, max_new_tokens, top_k, stop_ids, **options)
 
     def _forward(self, input_ids, mask, position, past):
         self._before_forward()

@@ -12,6 +12,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2_SPEC = REPO / "specs" / "smollm2-135m.yaml"
+# the command line with the suite's test runtimes registered (tests/cli_main.py)
+CLI_MAIN = Path(__file__).resolve().parent / "cli_main.py"
 
 # The tiny synthetic llama most CLI tests run (seconds per command, bytes tokenizer).
 TINY_MODEL = """\
@@ -38,11 +40,12 @@ class Result:
 
 
 def cli(*args, cwd: Path | None = None, env: dict | None = None, timeout: float = 1200) -> Result:
-    """`python -m specengine ARGS` in a subprocess, as a user would run it."""
+    """`specengine ARGS` in a subprocess, as a user would run it (through cli_main.py,
+    which registers the suite's test runtimes first)."""
     full_env = dict(os.environ)
     full_env.setdefault("SPECENGINE_PROGRESS", "0")
     full_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-m", "specengine", *map(str, args)], cwd=cwd,
+    proc = subprocess.run([sys.executable, str(CLI_MAIN), *map(str, args)], cwd=cwd,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 

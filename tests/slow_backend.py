@@ -1,12 +1,12 @@
 """A test-only backend: the torch runtime slowed on purpose.
 
-Registered as runtime `test-slow` (backends/registry.py). Every forward step (prefill and
+Registered as runtime `test-slow` by the suite (runtimes.py). Every forward step (prefill and
 each decode step) first sleeps `options.sleep_ms` milliseconds, so a perf test can make
 a backend slower without touching the model or its outputs. `options.batch_bias` (nats)
 tilts the last-position logits of every forward pass over more than one prompt: a
 backend that is deliberately *not* batch-invariant, for the batch-invariance tests. Importable as
-`slow_backend` when tests/ is on sys.path (pytest puts it there; subprocesses get it
-through PYTHONPATH).
+`slow_backend` when tests/ is on sys.path (pytest puts it there; CLI subprocesses run
+through cli_main.py).
 """
 
 from __future__ import annotations

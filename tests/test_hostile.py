@@ -421,14 +421,14 @@ def test_golden_of_another_model_is_exit_2(recorded_tiny, tmp_path):
 
 def test_unreadable_golden_is_exit_2(recorded_tiny, monkeypatch):
     spec, gdir, _ = recorded_tiny
-    real = Path.read_text
+    real = os.open
 
-    def deny(self, *args, **kwargs):
-        if self.name == "cpu.json":
+    def deny(path, *args, **kwargs):
+        if Path(path).name == "cpu.json":
             raise PermissionError(13, "Permission denied")
-        return real(self, *args, **kwargs)
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_text", deny)
+    monkeypatch.setattr(os, "open", deny)
     line = assert_clean_error(run_cli("check", spec, "--backend", "cpu", "--golden-dir", gdir), 2)
     assert "cannot read golden" in line and "Permission denied" in line
 

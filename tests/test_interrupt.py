@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from fault_backend import publish_figures, run_cli
-from helpers import TINY_MODEL, REPO, cli, write_spec
+from helpers import CLI_MAIN, TINY_MODEL, REPO, cli, write_spec
 from specengine.golden import build_golden, dumps, load_golden, step_record
 
 FIGURES: dict = {}
@@ -57,7 +57,7 @@ def _env(cache: Path) -> dict:
 
 
 def _record(spec: Path, gdir: Path, cache: Path, *extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "specengine", "record-golden", str(spec),
+    return subprocess.Popen([sys.executable, str(CLI_MAIN), "record-golden", str(spec),
                              "--golden-dir", str(gdir), *extra], env=_env(cache),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -110,7 +110,7 @@ def _launch_and_kill(spec, gdir, cache, phase: int, sig, rng) -> tuple[int, str,
     moment of the interpreter start; after its '… loading' line (model load); after its
     '✓ loading' line (recording and writing); or the moment its temp file appears."""
     env = {**_env(cache), "SPECENGINE_PROGRESS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "specengine", "record-golden", str(spec),
+    proc = subprocess.Popen([sys.executable, str(CLI_MAIN), "record-golden", str(spec),
                              "--golden-dir", str(gdir), "--update"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import OutputError, UsageError
 from ..results import RESULTS_FORMAT, RunResult, from_dict
 from .text import one_line, truncate
 
@@ -58,9 +58,12 @@ def atomic_write(path: PathLike, text: str) -> None:
     """Write `text` as UTF-8 to a temp file in the target's folder, then rename it over
     the target: readers see the old file or the new one, never half of one."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     data = text.encode("utf-8", errors="backslashreplace")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError.writing(target, exc) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -68,11 +71,13 @@ def atomic_write(path: PathLike, text: str) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise OutputError.writing(target, exc) from None
         raise
 
 
@@ -93,8 +98,16 @@ def write_reports(runs: list[RunResult], *, json_path: PathLike | None = None,
     jobs = [(json_path, dump_results), (markdown, render_markdown), (html, render_html),
             (junit, render_junit)]
     rendered = [(path, fn(runs)) for path, fn in jobs if path is not None]
-    for path, text in rendered:
-        atomic_write(path, text)
+    failed: list[OutputError] = []
+    for path, text in rendered:       # one report that cannot be written stops no other
+        try:
+            atomic_write(path, text)
+        except OutputError as exc:
+            failed.append(exc)
+    if failed:
+        more = f" ({len(failed) - 1} more report(s) not written)" if len(failed) > 1 else ""
+        written = len(rendered) - len(failed)
+        raise OutputError(f"{failed[0]}{more}; {written} other report(s) written")
 
 
 def _fail(path: PathLike, message: str) -> UsageError:
