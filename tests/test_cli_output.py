@@ -269,3 +269,20 @@ def test_near_tie_branch_is_explained_everywhere():
         assert "near-tie at step 0" in text and "expect.contains" in text
     case.checks[0].status = "fail"          # a real divergence: no such hint
     assert "near-tie at step" not in render_terminal([_run([case])])
+
+
+def test_terminal_bar_names_the_running_case(gate_repo):
+    rc, out, err = _check(gate_repo, env={"SPECENGINE_PROGRESS": "bar"})
+    assert rc == 0, out + err
+    for cid in ("hello", "chat", "count"):
+        assert "check ci-tiny on cpu" in err and cid in err, err[-2000:]
+    assert "[1/3]" not in err                      # bar mode: no per-case lines
+
+
+def test_library_progress_bars_are_silenced(gate_repo):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    rc, _, _ = _check(gate_repo, env={"SPECENGINE_PROGRESS": "lines"})   # progress on
+    assert rc == 0
+    assert not hf_logging.is_progress_bar_enabled()
