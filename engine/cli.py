@@ -191,7 +191,7 @@ def _specs(targets: list[str]):
 
 
 def cmd_validate(args) -> int:
-    """Every error of every file (engine/validate.py), then a summary line."""
+    """Every error of every file, then a summary line."""
     from .validate import cli_main
 
     return cli_main(args)

@@ -1,5 +1,5 @@
 """What `record-golden` prints about a golden it just wrote: each case's continuation
-(readable: multi-byte characters merged, see token_display) and the near-tie steps that
+(readable: multi-byte characters merged back from their byte tokens) and the near-tie steps that
 make a text expectation fragile.
 
 A step is a near-tie when the reference's top-1 leads its runner-up by less than the
