@@ -50,7 +50,7 @@ from .base import Backend, BackendConfig, Generation
 from .openai_dialects import (NOT_GREEDY_CAUSES, SAMPLING_KEYS, describe_quantization, describe_sampling,
                               identify, neutral_sampling, parse_options)
 from .openai_http import HttpClient, ServerDown, ServerRejected
-from .openai_replies import (NoPromptLogprobs, Reply, Step, completion_steps,
+from .openai_replies import (FLOOR, NoPromptLogprobs, Reply, Step, completion_steps,
                              latency_summary, tail_of)
 from .openai_scoring import ServedScoring
 from .openai_tokens import resegment
@@ -336,9 +336,12 @@ class OpenAIBackend(ServedScoring, Backend):
             if step.logprob is not None:
                 row.setdefault(tid, float(step.logprob))
             rows.append(sorted(row.items(), key=lambda kv: -kv[1]))
-        k = max(1, min([top_k] + [len(r) for r in rows]))
-        top_ids = np.array([[i for i, _ in r[:k]] for r in rows], dtype=np.int64).reshape(-1, k)
-        top_lp = np.array([[v for _, v in r[:k]] for r in rows], dtype=np.float32).reshape(-1, k)
+        # every row as wide as the case's top_k: a row with fewer served entries (tokens
+        # that share a text collapse) is padded with id -1 at log 1e-9
+        k = max(1, top_k)
+        rows = [(r + [(-1, FLOOR)] * k)[:k] for r in rows]
+        top_ids = np.array([[i for i, _ in r] for r in rows], dtype=np.int64).reshape(-1, k)
+        top_lp = np.array([[v for _, v in r] for r in rows], dtype=np.float32).reshape(-1, k)
         tail = tail_of(top_lp)
         return chosen, (top_ids, top_lp, tail)
 

@@ -151,6 +151,9 @@ def identify(client: HttpClient, models: list[dict], dialect: str) -> tuple[str,
             title = str(((api or {}).get("info") or {}).get("title", "")) if isinstance(api, dict) else ""
             if "llama" in title.lower() and "python" in title.lower():
                 engine = "llama-cpp-python"
+                version = (api.get("info") or {}).get("version")
+                if version:
+                    facts["version"] = str(version)   # the package's own version
             elif title and title != "FastAPI":
                 facts["api_title"] = title[:80]
     info = get("get_server_info")   # SGLang: parallelism and quantization

@@ -99,9 +99,9 @@ class ServedScoring:
                     gathered[i, j] = floor
                     missing += 1
         tail = tail_of(gathered)
-        kk = max(1, min(top_k, min((len(r) for r in rows), default=1)))
+        kk = max(1, top_k)   # rows with fewer served entries are padded (id -1, log 1e-9)
         top_ids = np.full((n, kk), -1, np.int64)
-        top_lp = np.full((n, kk), -np.inf, np.float32)
+        top_lp = np.full((n, kk), FLOOR, np.float32)
         for i, row in enumerate(rows):
             best = sorted(row.items(), key=lambda kv: -kv[1])[:kk]
             for j, (tid, lp) in enumerate(best):
@@ -149,17 +149,24 @@ class ServedScoring:
             raise NoPromptLogprobs(f"the echoed prompt does not follow the prompt ids (token "
                                    f"{where}: the server echoed {got}, the prompt has "
                                    f"{self._text([full[where]])!r})")
+        # llama-cpp-python pairs echoed token i with the distribution *after* it unless
+        # the prompt starts with its BOS token (which it then drops): read the row that
+        # predicts token j from step j-1, whose entries are all of that distribution
+        shifted = (self.server.get("engine") == "llama-cpp-python" and bool(full)
+                   and full[0] != getattr(getattr(self.tokenizer, "tok", None), "bos_token_id", None))
         rows: list[dict[int, float] | None] = []
         for j, k in enumerate(where):
+            if shifted:
+                k = where[j - 1] if j else None
             if k is None:   # a special token the server's echo leaves out (its BOS)
-                rows.append(None)
+                rows.append({} if j == 0 else None)
                 continue
             row: dict[int, float] = {}
             for tok, lp, raw in steps[k].top:
                 alt = self._token_id(tok, raw)
                 if alt is not None and lp is not None:
                     row[alt] = max(row.get(alt, -math.inf), float(lp))
-            if steps[k].logprob is not None:
+            if steps[k].logprob is not None and not shifted:
                 row[full[j]] = float(steps[k].logprob)
             rows.append(row)
         return rows
