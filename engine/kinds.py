@@ -27,7 +27,8 @@ TOLERANCE_KEYS = {
 
 CASE_KEYS = {
     CAUSAL_LM: {"id", "prompt", "messages", "expect", "tags", "max_new_tokens", "top_k",
-                "tolerance", "determinism", "chat_template_kwargs"},
+                "tolerance", "determinism", "chat_template_kwargs", "prompt_file",
+                "long_prompt", "lengths", "around", "delta"},
     EMBEDDING: {"id", "texts", "images", "synthetic_images", "tags", "tolerance", "determinism"},
 }
 

@@ -47,6 +47,7 @@ class CaseResult:
     golden_ids: list[int] = field(default_factory=list)
     candidate_ids: list[int] = field(default_factory=list)
     divergence_step: int | None = None
+    prompt_length: int = 0            # prompt tokens (long prompts, length sweeps)
     checks: list[Check] = field(default_factory=list)
     per_position: dict[str, list[float]] = field(default_factory=dict)   # kl, abs_dlogprob
     worst_position: int | None = None

@@ -103,7 +103,7 @@ def record_case_checked(session: Session, case: Case, sketch: bool = True
               "settings": case.settings(),
               "steps": [step_record(gen.topk_ids[i], gen.topk_logprobs[i], gen.tail_logprob[i])
                         for i in range(len(gen.output_ids))]}
-    if sketch:   # engine/localize.py: per-layer sketch, so localize works on the golden alone
+    if sketch and case.recipe is None:   # per-layer sketch, so localize works on the golden alone
         from .localize import sketch_for_record
 
         layer_sketch = sketch_for_record(session.backend, record)
@@ -158,6 +158,7 @@ def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool 
             f"{len(inconsistent)} case(s): {'; '.join(inconsistent)[:600]}; nothing was "
             "recorded — fix the reference, or pass --allow-inconsistent-reference to record it "
             "anyway (the golden says so)")
+    cases = {cid: _stored(record) for cid, record in cases.items()}
     data = build_golden(spec.name, name, session.resolved.fingerprint, session.resolved.origin,
                         env, cases, inconsistent_allowed=inconsistent if allow_inconsistent
                         else None)
@@ -167,6 +168,19 @@ def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool 
             echo(line)
     write_golden(path, data)
     return path
+
+
+def _stored(record: dict) -> dict:
+    """A case record as the golden file keeps it: a long prompt made by recipe is stored
+    by its length and the sha256 of its ids (the recipe is in the settings), not the ids."""
+    if "prompt_recipe" not in record.get("settings", {}):
+        return record
+    from .long_prompt import ids_sha256
+
+    out = {k: v for k, v in record.items() if k != "prompt_ids"}
+    out["prompt_ids_sha256"] = ids_sha256(record["prompt_ids"])
+    out["prompt_length"] = len(record["prompt_ids"])
+    return out
 
 
 def _report_consistency(checks: dict, echo: Callable[[str], None]) -> list[str]:
@@ -260,6 +274,9 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
             if fail_fast and result.status != PASS:
                 run.notes.append("stopped at the first failing case (--fail-fast)")
                 break
+        from .sweep import sweep_notes
+
+        run.notes += sweep_notes(cases, run.cases, {c.id: c.tolerance_for(klass) for c in cases})
         note = greedy_note(cand_name, run.cases)
         if note:
             run.notes.append(note)
@@ -358,7 +375,8 @@ def _golden_side(golden: Golden) -> Side:
 
 def _check_staleness(spec: Spec, golden: Golden, ref_name: str, cases: list[Case],
                      resolved=None) -> None:
-    from .session import tokenizer_for
+    from .long_prompt import ids_sha256
+    from .session import prompt_ids_for, tokenizer_for
 
     resolved = resolved or reference_source(spec, ref_name)
     if resolved.fingerprint != golden.data["model"]["fingerprint"]:
@@ -370,9 +388,16 @@ def _check_staleness(spec: Spec, golden: Golden, ref_name: str, cases: list[Case
         if case.id not in golden.cases:
             raise GoldenError(f"case '{case.id}' ({spec.path}:{case.line}) has no golden in "
                               f"{golden.path}; re-record with --update")
-        ids = (tokenizer.encode(case.prompt) if case.prompt is not None
-               else tokenizer.encode_chat(case.messages, case.chat_template_kwargs))
-        if case_hash(ids, case.settings(), resolved.fingerprint) != golden.cases[case.id]["hash"]:
+        ids = prompt_ids_for(tokenizer, case)
+        record = golden.cases[case.id]
+        if "prompt_ids" not in record:      # a long prompt stored by recipe + hash
+            if record.get("prompt_ids_sha256") != ids_sha256(ids):
+                raise GoldenError(f"golden for case '{case.id}' ({spec.path}:{case.line}) is "
+                                  "stale: its long prompt's recipe no longer reproduces the "
+                                  "recorded prompt ids (sha256 differs); re-record with "
+                                  "`specengine record-golden --update`")
+            record["prompt_ids"] = ids      # in memory only: the golden file keeps the hash
+        if case_hash(ids, case.settings(), resolved.fingerprint) != record["hash"]:
             raise GoldenError(f"golden for case '{case.id}' ({spec.path}:{case.line}) is stale: "
                               "its prompt or generation settings changed since it was recorded; "
                               "re-record with `specengine record-golden --update`")
@@ -435,6 +460,7 @@ def check_case(session: Session, case: Case, golden: Golden, klass: str | None =
                         prompt=record["prompt"], golden_text=record["output_text"],
                         golden_ids=list(record["output_ids"]))
     tok = session.tokenizer
+    result.prompt_length = len(record.get("prompt_ids") or []) or int(record.get("prompt_length", 0))
     result.golden_tokens = tok.token_strings(record["output_ids"])
     result.golden_token_bytes = [None if b is None else b.hex() for b in tok.token_bytes(record["output_ids"])]
     try:

@@ -33,14 +33,10 @@ class Session:
     model_override: bool
 
     def prompt_text(self, case: Case) -> str:
-        if case.prompt is not None:
-            return case.prompt
-        return self.tokenizer.render_chat(case.messages, case.chat_template_kwargs)
+        return prompt_text_for(self.tokenizer, case)
 
     def prompt_ids(self, case: Case) -> list[int]:
-        if case.prompt is not None:
-            return self.tokenizer.encode(case.prompt)
-        return self.tokenizer.encode_chat(case.messages, case.chat_template_kwargs)
+        return prompt_ids_for(self.tokenizer, case)
 
     def side(self) -> Side:
         env: dict[str, Any] = self.backend.environment()
@@ -56,6 +52,35 @@ class Session:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def prompt_ids_for(tokenizer: Tokenizer, case: Case) -> list[int]:
+    """A case's prompt ids: its text, its chat rendered by the template, or its long
+    prompt made by recipe (exactly that many tokens; memoised per tokenizer)."""
+    if case.recipe is not None:
+        from .long_prompt import build_ids
+
+        memo = _RECIPE_IDS.setdefault(id(tokenizer), {})
+        if case.recipe not in memo:
+            memo[case.recipe] = build_ids(case.recipe, tokenizer.encode)
+        return list(memo[case.recipe])
+    if case.prompt is not None:
+        return tokenizer.encode(case.prompt)
+    return tokenizer.encode_chat(case.messages, case.chat_template_kwargs)
+
+
+_RECIPE_IDS: dict[int, dict] = {}
+
+
+def prompt_text_for(tokenizer: Tokenizer, case: Case) -> str:
+    """A case's prompt for reading (a long prompt: its recipe, first and last tokens)."""
+    if case.recipe is not None:
+        from .long_prompt import display_text
+
+        return display_text(tokenizer.decode, prompt_ids_for(tokenizer, case), case.recipe)
+    if case.prompt is not None:
+        return case.prompt
+    return tokenizer.render_chat(case.messages, case.chat_template_kwargs)
 
 
 def open_session(spec: Spec, backend_name: str) -> Session:

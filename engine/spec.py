@@ -15,34 +15,10 @@ from typing import Any
 
 from .errors import SpecError
 from .interp import MissingVariable, expand, variables
+from .tolerances import Tolerance, ToleranceSource  # noqa: F401  (Tolerance: public name)
 from .yamlio import Located, load_yaml
 
 MAX_SPEC_BYTES = 8 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    kl_mean_max: float = 0.01
-    kl_max: float = 0.05
-    top1_agreement_min: float = 0.9
-    logprob_atol: float = 0.5
-    prob_atol: float | None = None
-    within_top_k: int = 5
-    max_margin: float = 0.5
-
-    def merged(self, override: dict | None) -> "Tolerance":
-        if not override:
-            return self
-        values = dict(self.__dict__)
-        for key, value in override.items():
-            if key == "divergence":
-                values.update({k: v for k, v in value.items()})
-            else:
-                values[key] = value
-        return Tolerance(**values)
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -72,6 +48,7 @@ class ModelSpec:
     tokenizer: str | None = None
     kind: str = "causal-lm"
     trust_remote_code: bool = False
+    use_builtin_class: bool = False   # a folder ships its own code; load the library's class
     device_map: Any = None
     max_memory: dict | None = None
     written: str = ""                 # the path as written, before expansion
@@ -99,11 +76,23 @@ class Case:
     determinism: Determinism
     chat_template_kwargs: dict
     line: int = 0
+    # the spec's and the case's own tolerance values, applied over the defaults of the
+    # comparison's numeric class (`tolerance` above is them over the half-precision set)
+    tolerance_source: ToleranceSource = ToleranceSource()
+    recipe: Any = None                # a long prompt made by recipe (long_prompt)
+    sweep_of: str | None = None       # the spec entry a length-sweep sub-case came from
+
+    def tolerance_for(self, klass: str) -> Tolerance:
+        """The tolerance this case is judged by when the comparison's class is `klass`."""
+        return self.tolerance_source.resolve(klass)
 
     def settings(self) -> dict:
         """What generation depends on (part of the golden's staleness hash)."""
-        return {"max_new_tokens": self.max_new_tokens, "top_k": self.top_k,
-                "chat_template_kwargs": self.chat_template_kwargs}
+        out = {"max_new_tokens": self.max_new_tokens, "top_k": self.top_k,
+               "chat_template_kwargs": self.chat_template_kwargs}
+        if self.recipe is not None:
+            out["prompt_recipe"] = self.recipe.as_dict()
+        return out
 
 
 @dataclass
@@ -121,6 +110,7 @@ class Spec:
     located: Located = field(repr=False, default=None)
     kind: str = "causal-lm"           # causal-lm | embedding | ops (engine/kinds.py)
     settings: Any = None              # kind-specific: EmbeddingSettings, ops defaults
+    distribution: dict | None = None  # causal-lm: whole-spec distribution limits
 
     def case(self, case_id: str) -> Case:
         for case in self.cases:
@@ -218,8 +208,9 @@ def _schema_error(located: Located, error) -> SpecError:
             error.validator == "oneOf" and "synthetic" in error.schema.get("properties", {})):
         return located.error(path, f"{where}: give exactly one of path, gguf, synthetic")
     if error.validator == "oneOf" and "messages" in error.schema.get("properties", {}):
-        return located.error(path, f"{where}: a case needs exactly one of prompt, messages "
-                                   "(causal-lm) or texts, images, synthetic_images (embedding)")
+        return located.error(path, f"{where}: a case needs exactly one of prompt, messages, "
+                                   "prompt_file, long_prompt (causal-lm) or texts, images, "
+                                   "synthetic_images (embedding)")
     if error.validator == "oneOf" and not path and isinstance(error.instance, dict):
         if "ops" in error.instance:
             return located.error(("ops",), "an operator spec (ops:) has no model or cases",
@@ -316,19 +307,77 @@ def _build(located: Located, file: Path, base_dir: Path) -> Spec:
             except re.error as exc:
                 raise located.error(("cases", i, "expect", "regex"),
                                     f"bad regular expression: {exc}") from None
-        cases.append(Case(
-            id=cid, prompt=entry.get("prompt"), messages=entry.get("messages"),
+        common = dict(
+            messages=entry.get("messages"),
             expect=expect, tags=tuple(entry.get("tags", ())),
             max_new_tokens=entry.get("max_new_tokens", base_new), top_k=top_k,
             tolerance=case_tol, determinism=det.merged(entry.get("determinism")),
             chat_template_kwargs={**base_kwargs, **entry.get("chat_template_kwargs", {})},
             line=located.where(("cases", i))[0],
-        ))
+            tolerance_source=ToleranceSource.of(defaults.get("tolerance"), entry.get("tolerance")),
+        )
+        for sub_id, prompt, recipe, length in _prompts_of(located, i, entry, base_dir):
+            if sub_id != cid and sub_id in seen:
+                raise located.error(("cases", i, "id"), f"sub-case id '{sub_id}' of a length "
+                                    "sweep is also the id of another case")
+            seen.setdefault(sub_id, i)
+            cases.append(Case(id=sub_id, prompt=prompt, recipe=recipe, sweep_of=cid if
+                              length is not None else None, **common))
 
     return Spec(path=file, name=data["name"], description=data.get("description", ""),
                 model=model, reference=reference, backends=backends,
                 backend_models=backend_models, cases=cases, perf=data.get("perf"),
-                timeout_s=defaults.get("timeout_s"), located=located)
+                timeout_s=defaults.get("timeout_s"), located=located,
+                distribution=data.get("distribution"))
+
+
+def _prompts_of(located: Located, i: int, entry: dict, base_dir: Path) -> list[tuple]:
+    """(id, prompt text, long-prompt recipe, sweep length) of each case a spec entry
+    makes: one, or one per length of a `lengths` / `around` sweep."""
+    from .long_prompt import Recipe, read_text_file, sweep_lengths
+
+    cid = entry["id"]
+    if "prompt_file" in entry:
+        path = Path(entry["prompt_file"]).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        try:
+            text = read_text_file(path, "prompt_file")
+        except SpecError as exc:
+            raise located.error(("cases", i, "prompt_file"), exc.message) from None
+        return [(cid, text, None, None)]
+    lengths = sweep_lengths(entry)
+    if lengths and "long_prompt" not in entry:
+        key = "lengths" if "lengths" in entry else "around"
+        raise located.error(("cases", i, key), f"a length sweep ({key}) needs long_prompt: "
+                            "{tokens, source, seed} to make prompts of those lengths")
+    if "long_prompt" not in entry:
+        return [(cid, entry.get("prompt"), None, None)]
+    lp = entry["long_prompt"]
+    source, sha = lp.get("source", "builtin"), ""
+    resolved_source = source
+    if source != "builtin":
+        import hashlib
+
+        path = Path(source).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        try:
+            sha = hashlib.sha256(read_text_file(path, "long_prompt source").encode()).hexdigest()
+        except SpecError as exc:
+            raise located.error(("cases", i, "long_prompt", "source"), exc.message) from None
+        resolved_source = str(path)
+    if not lengths:
+        if "tokens" not in lp:
+            raise located.error(("cases", i, "long_prompt"), "long_prompt needs tokens: N "
+                                "(or the case needs lengths / around)")
+        lengths, sweep = [int(lp["tokens"])], False
+    else:
+        sweep = True
+    out = []
+    for n in lengths:
+        recipe = Recipe(tokens=n, source=resolved_source, seed=int(lp.get("seed", 0)),
+                        source_sha256=sha, written=source)
+        out.append((f"{cid}-{n}" if sweep else cid, None, recipe, n if sweep else None))
+    return out
 
 
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")
@@ -370,6 +419,7 @@ def _model_spec(located: Located, path: tuple, entry: dict, base_dir: Path) -> M
     where = f"{located.file}:{line}:{col}"
     common = dict(kind=entry.get("kind", "causal-lm"),
                   trust_remote_code=bool(entry.get("trust_remote_code", False)),
+                  use_builtin_class=bool(entry.get("use_builtin_class", False)),
                   device_map=entry.get("device_map"), max_memory=entry.get("max_memory"),
                   where=where)
     if "tokenizer" in entry:
