@@ -84,10 +84,13 @@ def spec_errors(path: str | Path) -> list[SpecEngineError]:
         return []
     except SpecEngineError as first:
         failure = first
-    try:
-        text = Path(path).read_text("utf-8")
+    from .fileio import FileRefused, read_limited
+    from .spec import MAX_SPEC_BYTES
+
+    try:                                 # regular files only, read within the size limit
+        text = read_limited(path, MAX_SPEC_BYTES, "spec").decode("utf-8")
         located = load_yaml(text, str(path))
-    except (OSError, UnicodeDecodeError, SpecEngineError):
+    except (OSError, FileRefused, UnicodeDecodeError, SpecEngineError):
         return [failure]                 # unreadable or not YAML: nothing more to find
     schema_errors = _schema_errors(located)
     if schema_errors:
