@@ -505,3 +505,125 @@ def test_tampered_results_files_re_render_or_fail_cleanly(golden_setup, tmp_path
         line = assert_clean_error(result, 2)
         assert str(target) in line and not CONTROL.search(line), line
     COUNTS[f"results:exit {result.rc}"] += 1
+
+
+# -- classes that once got through: non-finite numbers, control characters, special files
+
+def _leaves(node, path=()):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, path + (key,))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _leaves(value, path + (i,))
+    else:
+        yield path, node
+
+
+def _set(doc, path, value):
+    for key in path[:-1]:
+        doc = doc[key]
+    doc[path[-1]] = value
+
+
+NUMBER_PATHS = [path for path, value in _leaves(BASE)
+                if isinstance(value, (int, float)) and not isinstance(value, bool)]
+BAD_NUMBERS = [".nan", ".inf", "-.inf", "1e400", "-1e400", str(2 ** 64), str(-(2 ** 64))]
+
+
+@pytest.mark.parametrize("path", NUMBER_PATHS, ids=lambda p: "/".join(map(str, p)))
+def test_every_number_refuses_nan_inf_and_overflow(path):
+    """Every number of the base spec (tolerances, max_margin, timeout_s, seeds, sizes,
+    perf numbers) replaced by NaN, ±inf or an integer past 64 bits: exit 2 at its line."""
+    from specengine.spec import parse_spec
+
+    for bad in BAD_NUMBERS:
+        doc = copy.deepcopy(BASE)
+        _set(doc, path, "__NUMBER__")
+        text = _dump(doc, flow=False).replace("__NUMBER__", bad)
+        line_no = next(i for i, line in enumerate(text.splitlines(), 1) if bad in line)
+        with pytest.raises(SpecError) as info:
+            parse_spec(text, "s.yaml")
+        assert info.value.line == line_no, (bad, str(info.value))
+        COUNTS["numbers:refused"] += 1
+
+
+NAME_PATHS = [("name",), ("cases", 0, "id"), ("cases", 1, "id"), ("cases", 0, "tags", 0),
+              ("backends", "mine", "device"), ("backends", "mine", "runtime"),
+              ("backends", "mine", "dtype"), ("model", "synthetic", "model_type"),
+              ("reference",), ("model", "kind")]
+NAME_KEYS = [("backends", "mine"), ("perf", "budgets", "cpu")]
+CONTROLS = ["\n", "\r", "\t", "\x1b", "\x07", "\x00", "\x7f", "\x85", "\u2028", "\x1b]0;t\x07"]
+
+
+@pytest.mark.parametrize("path", NAME_PATHS + NAME_KEYS, ids=lambda p: "/".join(map(str, p)))
+def test_control_characters_in_every_name_are_refused(path):
+    """A control character at the end, the start or inside every name (spec name, case
+    ids, tags, backend names and fields, model type, budget keys): exit 2, and the error
+    line shows it escaped."""
+    from specengine.spec import parse_spec
+
+    for control in CONTROLS:
+        for where in ("end", "start", "middle"):
+            doc = copy.deepcopy(BASE)
+            parent = doc
+            for key in path[:-1]:
+                parent = parent[key]
+            old = path[-1] if (path in NAME_KEYS) else parent[path[-1]]
+            new = {"end": old + control, "start": control + old,
+                   "middle": old[:1] + control + old[1:]}[where]
+            if path in NAME_KEYS:
+                parent[new] = parent.pop(old)
+                if path == ("backends", "mine"):
+                    pass
+            else:
+                parent[path[-1]] = new
+            text = _dump(doc, flow=False)
+            with pytest.raises(SpecError) as info:
+                parse_spec(text, "s.yaml")
+            assert info.value.line, str(info.value)
+            assert not CONTROL.search(info.value.one_line()), info.value.one_line()
+            COUNTS["names:refused"] += 1
+
+
+@pytest.fixture(scope="module")
+def special_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("special")
+    os.mkfifo(root / "fifo")
+    (root / "zero").symlink_to("/dev/zero")
+    (root / "random").symlink_to("/dev/urandom")
+    (root / "null").symlink_to("/dev/null")
+    (root / "loop").symlink_to(root / "loop")
+    (root / "dangling").symlink_to(root / "nowhere")
+    (root / "dir").mkdir()
+    with open(root / "sparse", "wb") as fh:
+        fh.truncate(1 << 31)
+    return root
+
+
+SPECIAL = ["fifo", "zero", "random", "null", "loop", "dangling", "dir", "sparse"]
+
+
+@pytest.mark.parametrize("name", SPECIAL)
+def test_special_files_as_specs_and_goldens_are_one_line(special_files, name):
+    """Each special file as a spec (validate) and as each kind of golden: exit 2 / a
+    GoldenError at once, never a hang, a MemoryError or a read without bound."""
+    import time
+
+    from specengine.embedding_golden import load_embedding_golden
+    from specengine.errors import GoldenError
+    from specengine.golden import load_golden
+    from specengine.ops import load_ops_golden
+    from specengine.perf import load_perf_golden
+
+    path = special_files / name
+    start = time.perf_counter()
+    result = run_cli("validate", path)
+    assert result.rc == 2 and "Traceback" not in result.text, result.text
+    COUNTS["special files:refused"] += 1
+    for load in (lambda p: load_golden(p, "s"), lambda p: load_embedding_golden(p, "s"),
+                 lambda p: load_ops_golden(p, "s"), lambda p: load_perf_golden(p, "s")):
+        with pytest.raises(GoldenError):
+            load(path)
+        COUNTS["special files:refused"] += 1
+    assert time.perf_counter() - start < 10
