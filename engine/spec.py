@@ -16,6 +16,7 @@ from typing import Any
 from .errors import SpecError
 from .interp import MissingVariable, expand, variables
 from .tolerances import Tolerance, ToleranceSource  # noqa: F401  (Tolerance: public name)
+from .spec_checks import check_numbers  # noqa: F401  (also used by validate)
 from .yamlio import Located, load_yaml
 
 MAX_SPEC_BYTES = 8 * 1024 * 1024
@@ -154,6 +155,8 @@ def validate_schema(located: Located) -> None:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
+    from .spec_checks import check_numbers
+
     check_numbers(located)
     validator = Draft202012Validator(schema("spec"))
     errors = list(validator.iter_errors(located.data))
@@ -161,32 +164,6 @@ def validate_schema(located: Located) -> None:
         return
     error = best_match(errors, key=_error_rank)
     raise _schema_error(located, error)
-
-
-MAX_INT = 2 ** 63 - 1
-
-
-def check_numbers(located: Located) -> None:
-    """Every number in a spec is finite and fits in 64 bits: a NaN compares false with
-    every limit (a NaN tolerance would switch its check off), an infinite time limit is no
-    limit, and an integer no library can hold fails deep inside one."""
-    import math
-
-    stack: list[tuple[tuple, Any]] = [((), located.data)]
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, dict):
-            stack.extend((path + (k,), v) for k, v in value.items())
-        elif isinstance(value, list):
-            stack.extend((path + (i,), v) for i, v in enumerate(value))
-        elif isinstance(value, float) and not math.isfinite(value):
-            where = "/".join(str(p) for p in path) or "the spec"
-            raise located.error(path, f"{where}: {value} is not allowed (numbers in a spec "
-                                      "must be finite: no NaN or infinity)")
-        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
-            where = "/".join(str(p) for p in path) or "the spec"
-            raise located.error(path, f"{where}: integer out of range (integers in a spec "
-                                      "must lie within ±(2**63 - 1))")
 
 
 def _error_rank(error) -> tuple:
@@ -243,6 +220,7 @@ def _build(located: Located, file: Path, base_dir: Path) -> Spec:
     from specengine.backends.registry import BUILTINS, unknown_message
 
     from .kinds import CAUSAL_LM, check_kind_keys
+    from .spec_checks import check_runtime
 
     data = located.data
     kind = check_kind_keys(located)
@@ -254,7 +232,7 @@ def _build(located: Located, file: Path, base_dir: Path) -> Spec:
     backends: dict[str, BackendConfig] = {}
     backend_models: dict[str, ModelSpec] = {}
     for name, entry in (data.get("backends") or {}).items():
-        _check_runtime(located, name, entry["runtime"])
+        check_runtime(located, name, entry["runtime"])
         options = dict(entry.get("options") or {})
         dtype = entry.get("dtype", "float32")
         _check_backend_dtype(located, name, entry["runtime"], dtype)
@@ -392,16 +370,6 @@ def _check_backend_dtype(located: Located, name: str, runtime: str, dtype: str) 
                             f"{', '.join(FLOAT_DTYPES)}, not '{dtype}'; a quantized dtype "
                             "names a served (openai) deployment — for fake-quantized weights "
                             "keep a float dtype and declare quantization: {weights: ...}")
-
-
-def _check_runtime(located: Located, name: str, runtime: str) -> None:
-    from specengine.backends.registry import known_runtimes
-
-    known = known_runtimes()
-    if runtime not in known:
-        raise located.error(("backends", name, "runtime"),
-                            f"backends/{name}: unknown runtime '{runtime}' (known: "
-                            f"{', '.join(known)})")
 
 
 def _check_tolerance(located: Located, path: tuple, tol: Tolerance, top_k: int) -> None:
