@@ -5,6 +5,7 @@ reason in every report, the other specs still run, and the exit code is the wors
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -38,15 +39,40 @@ def error_run(path: Path, spec, backend: str, command: str, exc: SpecEngineError
     return run
 
 
+_SPEC_KEY = re.compile(rb"^specengine\s*:", re.MULTILINE)
+
+
+def looks_like_spec(path: Path) -> bool:
+    """A YAML file with a top-level `specengine:` key in its first 64 KiB: what a folder
+    scan takes as a spec (other YAML in the folder, a CI config, is not one)."""
+    try:
+        with open(path, "rb") as fh:
+            return bool(_SPEC_KEY.search(fh.read(64 * 1024)))
+    except OSError:
+        return False
+
+
+def spec_paths(targets: list[str]) -> list[Path]:
+    """Files named on the command line as they are; in folders, the YAML files that are
+    specs."""
+    from .spec import find_specs
+
+    out: list[Path] = []
+    for target in targets:
+        found = find_specs([target])
+        out += found if not Path(target).is_dir() else [p for p in found if looks_like_spec(p)]
+    return out
+
+
 def each_spec(targets: list[str], backend: str, command: str,
               run_one: Callable[[object], RunResult | None],
               fail_fast: bool = False) -> tuple[list[RunResult], int]:
     """Run `run_one(spec)` on every spec of `targets`; (runs, worst exit code of the
     specs that could not run, 0 when all ran). `run_one` returns None to skip a spec;
     with `fail_fast` the first spec that does not pass ends the loop."""
-    from .spec import find_specs, load_spec
+    from .spec import load_spec
 
-    paths = find_specs(targets)
+    paths = spec_paths(targets)
     if not paths:
         raise UsageError(f"no spec files in {' '.join(targets)}")
     runs: list[RunResult] = []

@@ -111,10 +111,11 @@ def spec_errors(path: str | Path) -> list[SpecEngineError]:
 
 
 def cli_main(args) -> int:
+    from .checkall import spec_paths
     from .errors import UsageError, printable
-    from .spec import find_specs, load_spec
+    from .spec import load_spec
 
-    paths = find_specs(args.specs)
+    paths = spec_paths(args.specs)
     if not paths:
         raise UsageError(f"no spec files in {' '.join(args.specs)}")
     bad_files = total = 0
@@ -131,8 +132,9 @@ def cli_main(args) -> int:
             print(f"ok {printable(path)} ({spec.name}: {len(spec.cases)} cases)")
     files = len(paths)
     if bad_files:
+        # the summary goes with the "ok" lines on stdout; stderr holds the errors only
         print(f"{total} error{'s' if total != 1 else ''} in {bad_files} of {files} "
-              f"file{'s' if files != 1 else ''}; {files - bad_files} valid", file=sys.stderr)
+              f"file{'s' if files != 1 else ''}; {files - bad_files} valid")
         return 2
     print(f"{files} file{'s' if files != 1 else ''} valid")
     return 0

@@ -286,3 +286,14 @@ def test_library_progress_bars_are_silenced(gate_repo):
     rc, _, _ = _check(gate_repo, env={"SPECENGINE_PROGRESS": "lines"})   # progress on
     assert rc == 0
     assert not hf_logging.is_progress_bar_enabled()
+
+
+def test_check_dir_skips_yaml_that_is_not_a_spec(gate_repo, tmp_path):
+    specs = tmp_path / "specs"
+    write_spec(specs / "ci-tiny.yaml", GATE_SPEC)
+    write_spec(specs / "notes.yaml", "# some other YAML\nfoo: 1\n")
+    rc, out, err = run_main("check", specs, "--backend", "cpu", "--golden-dir", gate_repo.golden)
+    assert rc == 0, out + err
+    assert "notes" not in out + err
+    rc, out, err = run_main("check", specs / "notes.yaml", "--backend", "cpu")
+    assert rc == 2 and "notes.yaml" in err               # named explicitly: an error

@@ -409,7 +409,10 @@ def test_tampered_golden_is_exit_2_naming_the_problem(recorded_tiny, tmp_path, k
         line = assert_clean_error(run_cli(*command, "--golden-dir", tmp_path / "golden"), 2)
         assert str(target) in line and fragment in line, line
     assert target.read_bytes() == before             # never rewritten by check or run
-    assert not (tmp_path / "r").exists()
+    # `run` still writes its reports: the spec is an error row naming the problem
+    runs = json.loads((tmp_path / "r" / "report.json").read_text())["runs"]
+    assert [r["status"] for r in runs] == ["error"] and not runs[0]["cases"]
+    assert fragment in runs[0]["error"]
 
 
 def test_golden_of_another_model_is_exit_2(recorded_tiny, tmp_path):

@@ -89,7 +89,7 @@ cases:
     assert len(dup) == 3 and "duplicate case id 'a'" in dup[-1], err
     assert any("regular expression" in line and ":5:" in line for line in dup)
     assert any("regular expression" in line and ":6:" in line for line in dup)
-    assert lines[-1] == "7 errors in 2 of 3 files; 1 valid"
+    assert out.strip().splitlines()[-1] == "7 errors in 2 of 3 files; 1 valid"
     assert "ok " in out and "good.yaml" in out
 
 
