@@ -337,9 +337,10 @@ class OpenAIBackend(ServedScoring, Backend):
                 row.setdefault(tid, float(step.logprob))
             rows.append(sorted(row.items(), key=lambda kv: -kv[1]))
         # every row as wide as the case's top_k: a row with fewer served entries (tokens
-        # that share a text collapse) is padded with id -1 at log 1e-9
+        # that share a text, or that map to no id) is padded with id -1 at its lowest
+        # shown log-prob, an upper bound for anything the server did not show
         k = max(1, top_k)
-        rows = [(r + [(-1, FLOOR)] * k)[:k] for r in rows]
+        rows = [(r + [(-1, r[-1][1] if r else FLOOR)] * k)[:k] for r in rows]
         top_ids = np.array([[i for i, _ in r] for r in rows], dtype=np.int64).reshape(-1, k)
         top_lp = np.array([[v for _, v in r] for r in rows], dtype=np.float32).reshape(-1, k)
         tail = tail_of(top_lp)

@@ -91,7 +91,10 @@ class ServedScoring:
         gathered = np.empty((n, k), np.float32)
         missing = 0
         for i, row in enumerate(rows):
-            floor = min(row.values()) if row else FLOOR
+            # the upper bound for an id the server did not show is its `top`-th value,
+            # not the row's minimum (a scored token outside the top is in the row too)
+            shown = sorted(row.values(), reverse=True)[:top]
+            floor = shown[-1] if shown else FLOOR
             for j, gid in enumerate(gather_ids[i]):
                 if int(gid) in row:
                     gathered[i, j] = row[int(gid)]
@@ -99,13 +102,15 @@ class ServedScoring:
                     gathered[i, j] = floor
                     missing += 1
         tail = tail_of(gathered)
-        kk = max(1, top_k)   # rows with fewer served entries are padded (id -1, log 1e-9)
+        kk = max(1, top_k)   # rows with fewer served entries are padded (id -1, the lowest shown log-prob)
         top_ids = np.full((n, kk), -1, np.int64)
         top_lp = np.full((n, kk), FLOOR, np.float32)
         for i, row in enumerate(rows):
             best = sorted(row.items(), key=lambda kv: -kv[1])[:kk]
             for j, (tid, lp) in enumerate(best):
                 top_ids[i, j], top_lp[i, j] = tid, lp
+            if best:   # padding: the lowest shown log-prob (an upper bound), id -1
+                top_lp[i, len(best):] = best[-1][1]
         note = (f"served prompt log-probs (top {top} per position + the scored token); the "
                 f"tail mass is 1 minus the golden top-{k} mass")
         if missing:
@@ -162,7 +167,10 @@ class ServedScoring:
                 rows.append({} if j == 0 else None)
                 continue
             row: dict[int, float] = {}
+            own_extra = shifted and len(steps[k].top) > top   # the echoed token's own entry
             for tok, lp, raw in steps[k].top:
+                if own_extra and tok == steps[k].token:
+                    continue   # not one of the shown top: it would lower their floor
                 alt = self._token_id(tok, raw)
                 if alt is not None and lp is not None:
                     row[alt] = max(row.get(alt, -math.inf), float(lp))
