@@ -150,6 +150,18 @@ class Backend(ABC):
                                  or f"backend '{self.name}' cannot feed given tokens through "
                                     "its KV cache")
 
+    supports_positions: bool = False
+
+    def score_positions(self, ids: Sequence[int], positions: Sequence[int],
+                        gather_ids: np.ndarray, top_k: int) -> Scores:
+        """One forward pass over `ids`, scored at chosen positions only: row j is the
+        distribution at position positions[j] (predicting ids[positions[j] + 1]), gathered
+        at gather_ids[j] — the prompt positions of a long case, memory bounded by the
+        number of positions, not the length."""
+        from specengine.errors import BackendUnavailable
+
+        raise BackendUnavailable(f"backend '{self.name}' cannot score chosen positions")
+
     def hidden_states(self, ids: Sequence[int]) -> list[np.ndarray] | None:
         """Per-layer hidden states (embedding, each decoder layer, final norm), or None."""
         return None

@@ -211,6 +211,30 @@ class TorchBackend(Backend):
             raise BackendCrashed(f"backend '{self.name}' forward failed: "
                                  f"{' '.join(str(exc).split())[:300]}") from None
 
+    supports_positions = True
+
+    def score_positions(self, ids: Sequence[int], positions: Sequence[int],
+                        gather_ids: np.ndarray, top_k: int) -> Scores:
+        torch = self.torch
+        dev = self.input_device
+        seq = torch.tensor([list(ids)], dtype=torch.long, device=dev)
+        keep = torch.tensor([int(p) for p in positions], dtype=torch.long, device=dev)
+        with torch.inference_mode():
+            try:
+                out = self.model(input_ids=seq, use_cache=False, logits_to_keep=keep)
+            except RuntimeError as exc:
+                raise BackendCrashed(f"backend '{self.name}' forward failed: "
+                                     f"{' '.join(str(exc).split())[:300]}") from None
+            logits = out.logits[0]
+            if logits.shape[0] != len(positions):     # a model that ignores an index tensor
+                logits = logits[keep]
+            lp = torch.log_softmax(logits.float(), dim=-1)
+            gather = torch.as_tensor(np.asarray(gather_ids), dtype=torch.long, device=lp.device)
+            gathered, tail = _gather_tail(torch, lp, gather)
+            top = lp.topk(top_k, dim=-1)
+        return Scores(gathered.cpu().numpy(), tail.cpu().numpy(),
+                      top.indices.cpu().numpy().astype(np.int64), top.values.cpu().numpy())
+
     def score(self, prompt_ids: Sequence[int], target_ids: Sequence[int],
               gather_ids: np.ndarray, top_k: int) -> Scores:
         torch = self.torch

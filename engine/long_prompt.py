@@ -156,3 +156,18 @@ def display_text(decode, ids: Sequence[int], recipe: Recipe, edge: int = 24) -> 
     tail = decode(list(ids[-edge:])) if len(ids) > 2 * edge else ""
     body = f"{head} … {tail}" if tail else head
     return f"[{len(ids)} tokens of {recipe.written} (seed {recipe.seed})] {body}"
+
+
+PROMPT_POSITIONS = 16
+
+
+def prompt_positions(length: int, count: int = PROMPT_POSITIONS) -> list[int]:
+    """The prompt positions a long case is also scored at: `count` positions spread evenly
+    over the prompt, the last one included (position p predicts prompt token p + 1), so
+    drift inside a long prefill is seen without keeping logits for every position."""
+    if length < 2:
+        return []
+    last = length - 2
+    if last + 1 <= count:
+        return list(range(last + 1))
+    return sorted({round(i * last / (count - 1)) for i in range(count)})

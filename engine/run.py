@@ -103,6 +103,8 @@ def record_case_checked(session: Session, case: Case, sketch: bool = True
               "settings": case.settings(),
               "steps": [step_record(gen.topk_ids[i], gen.topk_logprobs[i], gen.tail_logprob[i])
                         for i in range(len(gen.output_ids))]}
+    if case.recipe is not None and getattr(session.backend, "supports_positions", False):
+        record["prompt_steps"] = _prompt_steps(session, ids, case.top_k)
     if sketch and case.recipe is None:   # per-layer sketch, so localize works on the golden alone
         from .localize import sketch_for_record
 
@@ -168,6 +170,53 @@ def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool 
             echo(line)
     write_golden(path, data)
     return path
+
+
+def _prompt_steps(session: Session, ids: list[int], top_k: int) -> dict:
+    """The reference's own top-k at a long prompt's sampled positions (one forward pass)."""
+    from .long_prompt import prompt_positions
+
+    positions = prompt_positions(len(ids))
+    scores = session.backend.score_positions(ids, positions, np.zeros((len(positions), 1),
+                                                                       np.int64), top_k)
+    mass = np.exp(scores.top_logprobs.astype(np.float64)).sum(axis=1)
+    with np.errstate(divide="ignore"):
+        tail = np.log(np.clip(1.0 - mass, 0.0, None))
+    return {"positions": positions,
+            "steps": [step_record(scores.top_ids[i], scores.top_logprobs[i], tail[i])
+                      for i in range(len(positions))]}
+
+
+def _prompt_check(session: Session, case: Case, record: dict, result: CaseResult, tol,
+                  tolerance_set: str) -> None:
+    """`prompt-positions`: a long case's sampled prompt positions, one-pass, vs the golden."""
+    stored = record.get("prompt_steps")
+    if not stored:
+        return
+    backend = session.backend
+    if not getattr(backend, "supports_positions", False):
+        result.checks.append(Check("prompt-positions", NOT_RUN, f"backend '{backend.name}' "
+                                   "cannot score chosen prompt positions"))
+        return
+    steps = stored["steps"]
+    k = min(len(st["ids"]) for st in steps)
+    g_ids = np.array([st["ids"][:k] for st in steps], np.int64)
+    g_lp = np.array([st["logprobs"][:k] for st in steps], np.float64)
+    g_tail = np.array([-np.inf if st["tail"] is None else st["tail"] for st in steps], np.float64)
+    scores = backend.score_positions(list(record["prompt_ids"]), stored["positions"], g_ids,
+                                     case.top_k)
+    tf = compare.teacher_forced(g_ids, g_lp, g_tail, scores.gathered_logprobs,
+                                scores.gathered_tail, scores.top_ids[:, 0], tol)
+    worst = stored["positions"][tf.worst_position]
+    result.checks.append(Check(
+        "prompt-positions", PASS if tf.passed else FAIL,
+        ("; ".join(tf.failures) or "within tolerance") + f" ({len(steps)} sampled prompt "
+        f"positions, one-pass; worst at position {worst})",
+        {"kl_mean": tf.kl_mean, "kl_max": tf.kl_max, "top1_agreement": tf.top1_agreement,
+         "max_abs_dlogprob": tf.max_abs_dlogprob, "positions": len(steps),
+         "worst_position": worst, "tolerance": tol.as_dict(), "tolerance_set": tolerance_set}))
+    result.per_position["kl_prompt"] = tf.kl
+    result.per_position["prompt_position"] = [float(p) for p in stored["positions"]]
 
 
 def _stored(record: dict) -> dict:
@@ -614,6 +663,8 @@ def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
     else:
         scores = None
         result.checks.append(Check("teacher-forced", NOT_RUN, "the golden has no generated tokens"))
+
+    _prompt_check(session, case, record, result, tol, tolerance_set)
 
     # 3. decode path (KV cache) against the golden, and against the one-pass path
     if len(record["output_ids"]):
