@@ -164,7 +164,7 @@ def markdown(s: dict) -> str:
     t = s.get("tests")
     lines += ["", "## Tests", ""]
     if t is None:
-        lines.append("no JUnit file: the test step did not run")
+        lines.append("no JUnit file: the test step did not finish (see its exit status above)")
     else:
         lines.append(f"{len(t['passed'])} passed, {len(t['failed'])} failed, {len(t['skipped'])} skipped")
         lines += [f"- FAILED {_md(f['test'])}: {_md(f['message'])}" for f in t["failed"]]

@@ -38,6 +38,7 @@ pytestmark = pytest.mark.accelerator
 
 FLIPPED_LAYER = 12
 BATCH_SIZES = [1, 4, 8]
+PERF_TOKENS, PERF_TOKENS_QUICK = 32, 8     # new tokens per perf run (quick: a dry run)
 # bf16 kernels change with the batch shape: log-probs move by up to ~0.4 nats on cpu-bf16
 # (README), tokens must not
 BF16_BATCH_ATOL = 0.5
@@ -60,7 +61,7 @@ perf:
   runs: {perf_runs}
   batch_sizes: {batch_sizes}
   prompt_tokens: 32
-  new_tokens: 32
+  new_tokens: {perf_tokens}
 cases:
 {cases}
 """
@@ -180,7 +181,8 @@ def accel(request, tmp_path_factory):
     quick = bool(os.environ.get("SPECENGINE_TEST_CASES"))
     spec = write_spec(root / "smollm2-accel.yaml", DERIVED.format(
         model=smollm2_dir, flipped=flipped, device=device, runs=3, dtype=_dtype(),
-        batch_sizes=BATCH_SIZES, batch_atol=BF16_BATCH_ATOL, perf_runs=3 if quick else 10,
+        batch_sizes=BATCH_SIZES, batch_atol=BF16_BATCH_ATOL, perf_runs=2 if quick else 10,
+        perf_tokens=PERF_TOKENS_QUICK if quick else PERF_TOKENS,
         cases=_case_block()))
     # the embedded spec itself (only the selected cases, when SPECENGINE_TEST_CASES is set)
     text = SMOLLM2_SPEC.read_text("utf-8")
@@ -265,7 +267,7 @@ def test_perf_on_the_device(accel, accel_perf):
         for metric in ("ttft_ms", "tpot_ms"):
             p = row[metric]
             assert 0 < p["p50"] <= p["p90"] <= p["p99"], (metric, row)
-        assert row["tokens_per_s"] > 0 and row["tokens_per_row"] == 32
+        assert row["tokens_per_s"] > 0 and row["tokens_per_row"] == perf["new_tokens"]
         assert row["peak_mem_gib"] > weights_gib, row
     # on an accelerator a batch of 8 decodes more tokens per second than one row does
     if not host:
