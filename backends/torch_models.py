@@ -118,8 +118,8 @@ def refuse_silent_builtin(resolved, factory: str) -> None:
     if not target or spec.trust_remote_code or getattr(spec, "use_builtin_class", False):
         return
     raise ModelSourceError(
-        f"{resolved.hf_dir}/config.json names its own modeling code ({factory} → {target}), "
-        "and the spec does not say whether to run it: set model.trust_remote_code: true to "
+        f"{resolved.hf_dir} needs its own code: its config.json names it ({factory} → "
+        f"{target}), and the spec does not say whether to run it: set model.trust_remote_code: true to "
         "run the port's own code, or model.use_builtin_class: true to load the library's "
         f"built-in class for this model type knowingly [{spec.where}]")
 

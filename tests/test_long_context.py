@@ -93,6 +93,9 @@ def test_sweep_sub_cases_record_by_recipe_and_verify(tmp_path):
     assert res.rc == 0, res.text
     run = load_json(tmp_path / "r.json")["runs"][0]
     lengths = {c["id"]: c["prompt_length"] for c in run["cases"]}
+    prompt_checks = {c["id"]: [k["status"] for k in c["checks"] if k["name"] == "prompt-positions"]
+                     for c in run["cases"]}
+    assert prompt_checks["sweep-64"] == ["pass"] and prompt_checks["fromfile"] == []
     assert lengths["sweep-63"] == 63 and lengths["sweep-65"] == 65
     # a changed source file makes the golden stale, naming the case
     (tmp_path / "prompt.txt").write_text("Another text entirely.\n", "utf-8")
@@ -116,6 +119,9 @@ def test_long_spec_golden_is_small_and_by_recipe():
     lengths = sorted(c["prompt_length"] for c in golden["cases"].values())
     assert lengths == [512, 1023, 1024, 1025, 2048]
     assert all("prompt_ids" not in c for c in golden["cases"].values())
+    for case in golden["cases"].values():
+        positions = case["prompt_steps"]["positions"]
+        assert len(positions) == 16 and positions[-1] == case["prompt_length"] - 2
 
 
 # A port whose rotary positions are right below 1000 and wrong from there on (a rope
@@ -169,6 +175,8 @@ def test_position_bug_fails_long_sub_cases_and_passes_the_short_spec(long_bug, t
     status = {c.id: c.status for c in run.cases}
     assert status == {"sweep-512": "pass", "sweep-1025": "fail"}, \
         [(c.id, c.failures()) for c in run.cases]
+    failing = next(c for c in run.cases if c.id == "sweep-1025")
+    assert {c.name: c.status for c in failing.checks}["prompt-positions"] == "fail"
     note = next(n for n in run.notes if n.startswith("length sweep 'sweep'"))
     assert "prompt length 1025" in note and "sequence position" in note, note
     short = load_spec(_with_backend(SMOLLM2_SPEC, long_bug, tmp_path / "short.yaml"))

@@ -134,7 +134,7 @@ def test_failing_gate_shows_the_report_text(gate, monkeypatch):
         if line.strip().startswith("✗"):
             assert line in text, line
     assert "first divergence at step" in text and "top-k at the worst position" in text
-    assert "FAILED specs/ci-tiny.yaml::hello - hello fail: divergence" in text
+    assert "FAILED specs/ci-tiny.yaml::chat - chat fail: divergence" in text
     root = ET.parse(gate.path / "j.xml").getroot()
     failures = {c.get("name"): c.find("failure") for c in root.findall(".//testcase")}
     assert failures["count"] is None

@@ -464,7 +464,7 @@ def test_schema_matches_the_results_model():
                       ("check", Check), ("topkRow", TopKRow)):
         props = set(defs[name]["properties"]) - {"summary"}
         assert props == {f.name for f in fields(cls)}, name
-    assert defs["run"]["properties"]["comparison"]["enum"] == ["self-check", "cross-backend"]
+    assert defs["run"]["properties"]["comparison"]["enum"] == ["self-check", "cross-model", "cross-backend"]
 
 
 def test_from_dict_of_to_dict():
