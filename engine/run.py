@@ -24,6 +24,8 @@ from .errors import (BackendCrashed, BackendUnavailable, GoldenError, ReferenceI
 from .greedy import greedy_check, greedy_note
 from .golden import (Golden, build_golden, case_hash, describe_changes, golden_path,
                      load_golden, previous_golden, step_record, write_golden)
+from . import case_paths as paths
+from .case_paths import side_class
 from .progress import cases as progress_cases
 from .results import ERROR, FAIL, NOT_RUN, PASS, CaseResult, Check, RunResult, Side, TopKRow
 from .session import Session, open_session, reference_source
@@ -64,11 +66,6 @@ def record_case(session: Session, case: Case, sketch: bool = True) -> dict:
     return record_case_checked(session, case, sketch)[0]
 
 
-def side_class(side: Side) -> str:
-    """The numeric class (float32 / half / quantized) of one side of a comparison."""
-    return dtype_class(side.dtype, side.quantization)
-
-
 def record_case_checked(session: Session, case: Case, sketch: bool = True
                         ) -> tuple[dict, compare.Consistency | None]:
     """`record_case`, plus the reference's own prefill/decode consistency on the case: its
@@ -93,7 +90,7 @@ def record_case_checked(session: Session, case: Case, sketch: bool = True
     if not gen.has_logprobs or len(gen.topk_logprobs) < len(gen.output_ids):
         raise BackendUnavailable(f"backend '{session.config.name}' returned no log-probs for "
                                  f"case '{case.id}', so it cannot record a golden: "
-                                 f"{_unsupported(session.backend, 'logprobs')}")
+                                 f"{paths.unsupported(session.backend, 'logprobs')}")
     _check_finite(gen.topk_logprobs, session, case)
     own = case.tolerance_for(dtype_class(session.config.dtype, session.config.quantization))
     consistency = decode.generation_consistency(session.backend, ids, gen, case.top_k, own)
@@ -104,7 +101,7 @@ def record_case_checked(session: Session, case: Case, sketch: bool = True
               "steps": [step_record(gen.topk_ids[i], gen.topk_logprobs[i], gen.tail_logprob[i])
                         for i in range(len(gen.output_ids))]}
     if case.recipe is not None and getattr(session.backend, "supports_positions", False):
-        record["prompt_steps"] = _prompt_steps(session, ids, case.top_k)
+        record["prompt_steps"] = paths.prompt_steps(session, ids, case.top_k)
     if sketch and case.recipe is None:   # per-layer sketch, so localize works on the golden alone
         from .localize import sketch_for_record
 
@@ -151,7 +148,7 @@ def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool 
         side = session.side()
     finally:
         session.close()
-    inconsistent = _report_consistency(checks, echo)
+    inconsistent = paths.report_consistency(checks, echo)
     env = {k: v for k, v in side.__dict__.items()
            if k not in ("model_fingerprint", "model_source")}
     if inconsistent and not allow_inconsistent:
@@ -160,7 +157,7 @@ def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool 
             f"{len(inconsistent)} case(s): {'; '.join(inconsistent)[:600]}; nothing was "
             "recorded — fix the reference, or pass --allow-inconsistent-reference to record it "
             "anyway (the golden says so)")
-    cases = {cid: _stored(record) for cid, record in cases.items()}
+    cases = {cid: paths.stored_record(record) for cid, record in cases.items()}
     data = build_golden(spec.name, name, session.resolved.fingerprint, session.resolved.origin,
                         env, cases, inconsistent_allowed=inconsistent if allow_inconsistent
                         else None)
@@ -171,83 +168,6 @@ def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool 
     write_golden(path, data)
     return path
 
-
-def _prompt_steps(session: Session, ids: list[int], top_k: int) -> dict:
-    """The reference's own top-k at a long prompt's sampled positions (one forward pass)."""
-    from .long_prompt import prompt_positions
-
-    positions = prompt_positions(len(ids))
-    scores = session.backend.score_positions(ids, positions, np.zeros((len(positions), 1),
-                                                                       np.int64), top_k)
-    mass = np.exp(scores.top_logprobs.astype(np.float64)).sum(axis=1)
-    with np.errstate(divide="ignore"):
-        tail = np.log(np.clip(1.0 - mass, 0.0, None))
-    return {"positions": positions,
-            "steps": [step_record(scores.top_ids[i], scores.top_logprobs[i], tail[i])
-                      for i in range(len(positions))]}
-
-
-def _prompt_check(session: Session, case: Case, record: dict, result: CaseResult, tol,
-                  tolerance_set: str) -> None:
-    """`prompt-positions`: a long case's sampled prompt positions, one-pass, vs the golden."""
-    stored = record.get("prompt_steps")
-    if not stored:
-        return
-    backend = session.backend
-    if not getattr(backend, "supports_positions", False):
-        result.checks.append(Check("prompt-positions", NOT_RUN, f"backend '{backend.name}' "
-                                   "cannot score chosen prompt positions"))
-        return
-    steps = stored["steps"]
-    k = min(len(st["ids"]) for st in steps)
-    g_ids = np.array([st["ids"][:k] for st in steps], np.int64)
-    g_lp = np.array([st["logprobs"][:k] for st in steps], np.float64)
-    g_tail = np.array([-np.inf if st["tail"] is None else st["tail"] for st in steps], np.float64)
-    scores = backend.score_positions(list(record["prompt_ids"]), stored["positions"], g_ids,
-                                     case.top_k)
-    tf = compare.teacher_forced(g_ids, g_lp, g_tail, scores.gathered_logprobs,
-                                scores.gathered_tail, scores.top_ids[:, 0], tol)
-    worst = stored["positions"][tf.worst_position]
-    result.checks.append(Check(
-        "prompt-positions", PASS if tf.passed else FAIL,
-        ("; ".join(tf.failures) or "within tolerance") + f" ({len(steps)} sampled prompt "
-        f"positions, one-pass; worst at position {worst})",
-        {"kl_mean": tf.kl_mean, "kl_max": tf.kl_max, "top1_agreement": tf.top1_agreement,
-         "max_abs_dlogprob": tf.max_abs_dlogprob, "positions": len(steps),
-         "worst_position": worst, "tolerance": tol.as_dict(), "tolerance_set": tolerance_set}))
-    result.per_position["kl_prompt"] = tf.kl
-    result.per_position["prompt_position"] = [float(p) for p in stored["positions"]]
-
-
-def _stored(record: dict) -> dict:
-    """A case record as the golden file keeps it: a long prompt made by recipe is stored
-    by its length and the sha256 of its ids (the recipe is in the settings), not the ids."""
-    if "prompt_recipe" not in record.get("settings", {}):
-        return record
-    from .long_prompt import ids_sha256
-
-    out = {k: v for k, v in record.items() if k != "prompt_ids"}
-    out["prompt_ids_sha256"] = ids_sha256(record["prompt_ids"])
-    out["prompt_length"] = len(record["prompt_ids"])
-    return out
-
-
-def _report_consistency(checks: dict, echo: Callable[[str], None]) -> list[str]:
-    """One line per case on the reference's prefill/decode consistency; the failures."""
-    bad = []
-    for cid, cons in checks.items():
-        if cons is None:
-            echo(f"  {cid}: prefill/decode consistency not measured (no one-pass scores)")
-            continue
-        state = "ok" if cons.passed else "INCONSISTENT"
-        echo(f"  {cid}: prefill/decode {state} (KL mean {cons.kl_mean:.2g}, max |Δ logprob| "
-             f"{cons.max_abs_dlogprob:.2g})")
-        if not cons.passed:
-            bad.append(f"{cid}: {', '.join(cons.failures)}")
-    return bad
-
-
-# -- checking ----------------------------------------------------------------------
 
 def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
                against: str | None = None, cases: list[Case] | None = None,
@@ -297,12 +217,12 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
             run.notes.append(f"candidate '{cand_name}' runs its own model: {session.resolved.origin}")
         if not (session.backend.supports_logprobs and session.backend.supports_scoring):
             run.notes.append(f"candidate '{cand_name}' gives no log-probs, so the checks that need "
-                             f"them are not run: {_unsupported(session.backend, 'scoring')}")
+                             f"them are not run: {paths.unsupported(session.backend, 'scoring')}")
         for case in progress_cases(cases, "check", spec.name, cand_name, run.cases):
             try:
                 result = check_case(session, case, golden, klass)
                 if against:
-                    _reference_consistency_check(result, ref_checks.get(case.id), ref_side,
+                    paths.reference_consistency_check(result, ref_checks.get(case.id), ref_side,
                                                  case)
             except BackendCrashed as exc:   # out of memory: the backend cannot go on
                 run.cases.append(CaseResult(id=case.id, status=ERROR, line=case.line,
@@ -312,8 +232,8 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
                 exc.partial_run = run     # the CLI still writes the requested reports
                 raise
             run.cases.append(result)
-            if localize and result.status == FAIL and _decode_only_failure(result):
-                _localize_decode(session, result, golden.cases[case.id])
+            if localize and result.status == FAIL and paths.decode_only_failure(result):
+                paths.localize_decode(session, result, golden.cases[case.id])
             elif localize and result.status == FAIL:
                 from .localize import localize_failed_case
 
@@ -334,34 +254,12 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
         run.candidate = session.side()
     finally:
         session.close()
-    run.distribution = spec_distribution(run.cases, spec.distribution)
+    run.distribution = paths.spec_distribution(run.cases, spec.distribution)
     run.finish()
     if run.perf and run.perf.get("status") == ERROR:
         run.status = ERROR
     run.duration_s = time.perf_counter() - started
     return run
-
-
-def _decode_only_failure(result: CaseResult) -> bool:
-    """The decode path (or the candidate's prefill/decode consistency) failed while the
-    one-pass comparison passed: the bug lives on the incremental-decode path."""
-    status = {c.name: c.status for c in result.checks}
-    return (FAIL in (status.get("decode"), status.get("consistency"))
-            and status.get("teacher-forced") == PASS)
-
-
-def _localize_decode(session: Session, result: CaseResult, record: dict) -> None:
-    """check --localize for a decode-path failure: the first layer whose incremental state
-    departs from the candidate's own one-pass state (a problem becomes the `error`)."""
-    from .localize_decode import localize_decode_record
-
-    try:
-        loc = localize_decode_record(session.backend, record, result.id,
-                                     candidate=session.config.name, dtype=session.config.dtype,
-                                     quantization=session.config.quantization)
-        result.localization = loc.to_dict()
-    except SpecEngineError as exc:
-        result.localization = {"case_id": result.id, "error": exc.one_line()}
 
 
 def _measure_perf(session: Session, spec: Spec, golden_dir: Path | None) -> dict:
@@ -387,30 +285,6 @@ def comparison_label(a: Side, b: Side) -> str:
     if all(fingerprints) and fingerprints[0] != fingerprints[1]:
         return "cross-model"
     return "self-check"
-
-
-def spec_distribution(cases: list[CaseResult], limits: dict | None) -> dict | None:
-    """Distribution statistics over every compared position of every case, per path
-    (one-pass `prefill`, incremental `decode`), and the spec-level limits they break."""
-    from .distribution import PATHS, distribution, judge
-
-    out: dict = {"failures": [], "limits": dict(limits or {})}
-    for path in PATHS:
-        suffix = "" if path == "prefill" else "_decode"
-        kl, dp, same = [], [], []
-        for case in cases:
-            pp = case.per_position
-            if f"kl{suffix}" in pp and f"dp{suffix}" in pp:
-                kl += pp[f"kl{suffix}"]
-                dp += pp[f"dp{suffix}"]
-                same += [bool(x) for x in pp.get(f"same_top1{suffix}", [])]
-        stats = distribution(path, kl, dp, same)
-        if stats is not None:
-            out[path] = stats.as_dict()
-            wanted = (limits or {}).get("paths", list(PATHS))
-            if path in wanted:
-                out["failures"] += judge(stats, limits or {})
-    return out if any(p in out for p in PATHS) else None
 
 
 def _golden_side(golden: Golden) -> Side:
@@ -480,21 +354,6 @@ def _live_reference(spec: Spec, ref_name: str, cases: list[Case],
     data = build_golden(spec.name, ref_name, session.resolved.fingerprint,
                         session.resolved.origin, {}, records)
     return Golden(Path(f"<live {ref_name}>"), data), side
-
-
-def _reference_consistency_check(result: CaseResult, cons, ref_side: Side,
-                                 case: Case) -> None:
-    """check --against: the live reference's own prefill/decode consistency on the case."""
-    own = case.tolerance_for(side_class(ref_side))
-    if cons is None:
-        result.checks.append(Check("reference-consistency", NOT_RUN,
-                                   f"reference '{ref_side.backend}' gave no one-pass scores"))
-        return
-    result.checks.append(decode.consistency_check(
-        "reference-consistency", cons, own, case.tolerance_source.label(side_class(ref_side)),
-        f"reference '{ref_side.backend}': its generation vs its one-pass scores"))
-    if not cons.passed and result.status == PASS:
-        result.status = FAIL
 
 
 def check_case(session: Session, case: Case, golden: Golden, klass: str | None = None
@@ -623,7 +482,7 @@ def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
     for exp in compare.expectations(case.expect, result.candidate_text, gen.output_ids, first_lp):
         if exp.name == "min_prob" and first_lp is None and len(gen.output_ids):
             result.checks.append(Check("expect.min_prob", NOT_RUN,
-                                       f"needs log-probs: {_unsupported(backend, 'logprobs')}"))
+                                       f"needs log-probs: {paths.unsupported(backend, 'logprobs')}"))
             continue
         result.checks.append(Check(f"expect.{exp.name}", PASS if exp.passed else FAIL, exp.detail))
     div = compare.first_divergence(record["output_ids"], gen.output_ids, g_ids, g_lp, tol)
@@ -643,7 +502,7 @@ def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
             unscored = str(exc)
     if len(record["output_ids"]) and (unscored or not backend.supports_scoring):
         result.checks.append(Check("teacher-forced", NOT_RUN,
-                                   f"needs log-probs: {unscored or _unsupported(backend, 'scoring')}"))
+                                   f"needs log-probs: {unscored or paths.unsupported(backend, 'scoring')}"))
     elif len(record["output_ids"]):
         tf = compare.teacher_forced(g_ids, g_lp, g_tail, scores.gathered_logprobs,
                                     scores.gathered_tail, scores.top_ids[:, 0], tol)
@@ -664,11 +523,11 @@ def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
         scores = None
         result.checks.append(Check("teacher-forced", NOT_RUN, "the golden has no generated tokens"))
 
-    _prompt_check(session, case, record, result, tol, tolerance_set)
+    paths.prompt_check(session, case, record, result, tol, tolerance_set)
 
     # 3. decode path (KV cache) against the golden, and against the one-pass path
     if len(record["output_ids"]):
-        _decode_checks(session, case, record, gen, div.step, scores, result, klass,
+        paths.decode_checks(session, case, record, gen, div.step, scores, result, klass,
                        tol, tolerance_set, (g_ids, g_lp, g_tail))
 
     # 4. determinism: repeats of the same case
@@ -695,46 +554,16 @@ def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
              "max_abs_dlogprob": worst.max_abs_dlogprob, "atol": det.atol}))
         if tokens_only:
             result.checks.append(Check("determinism.logprobs", NOT_RUN,
-                                       f"needs log-probs: {_unsupported(backend, 'logprobs')}"))
+                                       f"needs log-probs: {paths.unsupported(backend, 'logprobs')}"))
 
     # 5. batch invariance: the case alone (above) vs inside batches of other cases
     if any(size > 1 for size in det.batch_sizes) and not gen.has_logprobs:
         result.checks.append(Check("batch-invariance", NOT_RUN,
-                                   f"needs log-probs: {_unsupported(backend, 'logprobs')}"))
+                                   f"needs log-probs: {paths.unsupported(backend, 'logprobs')}"))
     elif any(size > 1 for size in det.batch_sizes):
         from .batch import batch_invariance_check
 
         result.checks.append(batch_invariance_check(session, case, prompt_ids, gen))
-
-
-def _decode_checks(session: Session, case: Case, record: dict, gen, div_step: int | None,
-                   scores, result: CaseResult, klass: str, tol, tolerance_set: str,
-                   golden_arrays) -> None:
-    """The `decode` check (decode-path rows vs the golden) and the `consistency` check
-    (decode-path rows vs the candidate's own one-pass scores, at its own dtype's noise)."""
-    g_ids, g_lp, g_tail = golden_arrays
-    rows = decode.decode_rows(session.backend, list(record["prompt_ids"]),
-                              list(record["output_ids"]), g_ids, gen, div_step, case.top_k)
-    check, dtf = decode.decode_check(rows, g_ids, g_lp, g_tail, tol, tolerance_set)
-    result.checks.append(check)
-    if dtf is not None:
-        result.per_position.update({"kl_decode": dtf.kl, "abs_dlogprob_decode": dtf.abs_dlogprob,
-                                    "dp_decode": dtf.dp,
-                                    "same_top1_decode": [float(x) for x in dtf.same_top1]})
-    own_class = dtype_class(session.config.dtype, session.config.quantization)
-    own = case.tolerance_for(own_class)
-    if scores is None or rows.covered == 0:
-        reason = rows.note if rows.covered == 0 else _unsupported(session.backend, "scoring")
-        result.checks.append(Check("consistency", NOT_RUN, f"needs both paths: {reason}"))
-        return
-    n = rows.covered
-    cons = compare.consistency(rows.lp, rows.tail, rows.top1, scores.gathered_logprobs[:n],
-                               scores.gathered_tail[:n], scores.top_ids[:n, 0],
-                               decode.clear_of_ties(scores.top_logprobs[:n], own.max_margin), own)
-    result.per_position["kl_consistency"] = cons.kl
-    result.checks.append(decode.consistency_check(
-        "consistency", cons, own, case.tolerance_source.label(own_class),
-        "the candidate's decode path vs its own one-pass scores of the golden's sequence"))
 
 
 def _generate(session: Session, case: Case, prompt_ids: list[int], record: dict,
@@ -755,11 +584,6 @@ def _generate(session: Session, case: Case, prompt_ids: list[int], record: dict,
 def _lp_or_none(gen) -> np.ndarray:
     """The generation's top-k log-probs, or no rows when it has none (tokens only)."""
     return gen.topk_logprobs if gen.has_logprobs else np.zeros((0, 1), np.float32)
-
-
-def _unsupported(backend, what: str) -> str:
-    reasons = getattr(backend, "unsupported", {}) or {}
-    return reasons.get(what) or reasons.get("logprobs") or f"backend '{backend.name}' returned none"
 
 
 def _bind_chats(session: Session) -> None:
