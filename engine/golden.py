@@ -245,10 +245,13 @@ def _scalars_ok(values: list, items: dict) -> bool:
 
 
 def build_golden(spec_name: str, backend: str, fingerprint: str, source: str,
-                 environment: dict, cases: dict[str, dict]) -> dict:
+                 environment: dict, cases: dict[str, dict],
+                 inconsistent_allowed: list[str] | None = None) -> dict:
     data = {"format": GOLDEN_FORMAT, "spec": spec_name, "backend": backend, "kind": "causal-lm",
             "model": {"fingerprint": fingerprint, "source": source},
             "recorded_with": environment, "cases": cases}
+    if inconsistent_allowed:   # recorded with --allow-inconsistent-reference
+        data["inconsistent_reference"] = list(inconsistent_allowed)
     # round-trip through JSON so the hash is of exactly what a reader will see
     data = json.loads(json.dumps(data, sort_keys=True, ensure_ascii=False))
     data["content_sha256"] = content_hash(data)
