@@ -228,12 +228,7 @@ class TorchBackend(Backend):
             logits = out.logits[0]
             if logits.shape[0] != len(positions):     # a model that ignores an index tensor
                 logits = logits[keep]
-            lp = torch.log_softmax(logits.float(), dim=-1)
-            gather = torch.as_tensor(np.asarray(gather_ids), dtype=torch.long, device=lp.device)
-            gathered, tail = _gather_tail(torch, lp, gather)
-            top = lp.topk(top_k, dim=-1)
-        return Scores(gathered.cpu().numpy(), tail.cpu().numpy(),
-                      top.indices.cpu().numpy().astype(np.int64), top.values.cpu().numpy())
+            return _scores(torch, logits, gather_ids, top_k)
 
     def score(self, prompt_ids: Sequence[int], target_ids: Sequence[int],
               gather_ids: np.ndarray, top_k: int) -> Scores:
@@ -248,13 +243,7 @@ class TorchBackend(Backend):
             except RuntimeError as exc:
                 raise BackendCrashed(f"backend '{self.name}' forward failed: "
                                      f"{' '.join(str(exc).split())[:300]}") from None
-            lp = torch.log_softmax(out.logits[0, -n:, :].float(), dim=-1)
-            gather = torch.as_tensor(np.asarray(gather_ids), dtype=torch.long, device=lp.device)
-            gathered = lp.gather(-1, gather)
-            tail = torch.logsumexp(lp.scatter(-1, gather, float("-inf")), dim=-1)
-            top = lp.topk(top_k, dim=-1)
-        return Scores(gathered.cpu().numpy(), tail.cpu().numpy(),
-                      top.indices.cpu().numpy().astype(np.int64), top.values.cpu().numpy())
+            return _scores(torch, out.logits[0, -n:, :], gather_ids, top_k)
 
     def hidden_states(self, ids: Sequence[int]) -> list[np.ndarray] | None:
         torch = self.torch
@@ -327,6 +316,17 @@ def _topk_tail(torch, lp, k: int):
     top = lp.topk(k, dim=-1)
     tail = torch.logsumexp(lp.scatter(-1, top.indices, float("-inf")), dim=-1)
     return top.indices, top.values, tail
+
+
+def _scores(torch, logits, gather_ids, top_k: int) -> Scores:
+    """Scores of logit rows: the float32 log-probs of `gather_ids` (a row of ids per row),
+    the log of the mass outside them, and each row's own top-k."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    gather = torch.as_tensor(np.asarray(gather_ids), dtype=torch.long, device=lp.device)
+    gathered, tail = _gather_tail(torch, lp, gather)
+    top = lp.topk(top_k, dim=-1)
+    return Scores(gathered.cpu().numpy(), tail.cpu().numpy(),
+                  top.indices.cpu().numpy().astype(np.int64), top.values.cpu().numpy())
 
 
 def _gather_tail(torch, lp, ids):
