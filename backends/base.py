@@ -125,7 +125,7 @@ class Backend(ABC):
 
     @abstractmethod
     def load(self, source: Any) -> None:
-        """Load a model source (a `specengine.sources.ResolvedSource`)."""
+        """Load a model source (a `specengine.loading.sources.ResolvedSource`)."""
 
     @abstractmethod
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, top_k: int,

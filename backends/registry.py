@@ -12,7 +12,7 @@ from typing import Mapping
 
 from specengine.errors import BackendUnavailable, UsageError
 
-from .base import Backend, BackendConfig
+from specengine.backends.base import Backend, BackendConfig
 
 BUILTINS: dict[str, BackendConfig] = {
     "cpu": BackendConfig("cpu", "torch", "cpu", "float32"),
@@ -29,10 +29,10 @@ ALIASES = {"cpu-fp32": "cpu", "cpu32": "cpu", "bf16": "cpu-bf16", "gpu": "cuda",
 # Only the product's own runtimes are here: a spec names a runtime, and naming one must
 # never import a module from the current folder or sys.path that the product does not ship.
 RUNTIMES = {
-    ("torch", "npu"): "specengine.backends.npu:NpuBackend",
-    ("torch", None): "specengine.backends.torch_backend:TorchBackend",
-    ("onnx", None): "specengine.backends.onnx_backend:OnnxBackend",
-    ("openai", None): "specengine.backends.openai_backend:OpenAIBackend",
+    ("torch", "npu"): "specengine.backends.torch.npu:NpuBackend",
+    ("torch", None): "specengine.backends.torch.backend:TorchBackend",
+    ("onnx", None): "specengine.backends.onnx.backend:OnnxBackend",
+    ("openai", None): "specengine.backends.openai.backend:OpenAIBackend",
 }
 BUILTIN_RUNTIMES = frozenset(runtime for runtime, _ in RUNTIMES)
 _REGISTERED: dict[tuple[str, str | None], str] = {}

@@ -127,13 +127,13 @@ if [ -z "${SPECENGINE_SMOLLM2_DIR:-}" ] && ! "$PYTHON" -c "import importlib.util
     echo "!! no SmolLM2 GGUF here (parts in $STAGE: $(ls "$STAGE" | tr '\n' ' ')): the SmolLM2 tests will skip"
   fi
 fi
-step convert 180 "$PYTHON" -c "from specengine.sources import resolve; from specengine.spec import load_spec; print(resolve(load_spec('specs/smollm2-135m.yaml').model).hf_dir)"
+step convert 180 "$PYTHON" -c "from specengine.loading.sources import resolve; from specengine.spec import load_spec; print(resolve(load_spec('specs/smollm2-135m.yaml').model).hf_dir)"
 
 # 3. the environment, as the summary reports it
 "$PYTHON" - "$DEVICE" > "$WORK/env.json" <<'EOF'
 import json, platform, subprocess, sys
 import torch, transformers
-from specengine.backends.torch_device import TorchDevice
+from specengine.backends.torch.device import TorchDevice
 dev = TorchDevice(torch, sys.argv[1])
 env = {"device": sys.argv[1], "python": platform.python_version(), "torch": torch.__version__,
        "torch CUDA": torch.version.cuda, "transformers": transformers.__version__}

@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model-dir", help="a local HF folder instead of the SmolLM2 spec's")
     args = parser.parse_args()
-    from specengine.session import open_session
+    from specengine.loading.session import open_session
     from specengine.spec import load_spec
 
     with tempfile.TemporaryDirectory() as tmp:

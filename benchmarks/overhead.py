@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers here")
     args = parser.parse_args()
     device, dtype = BACKENDS[args.backend]
-    from specengine.sources import resolve
+    from specengine.loading.sources import resolve
     from specengine.spec import load_spec
 
     folder = resolve(load_spec(REPO / "specs" / "smollm2-135m.yaml").model).hf_dir

@@ -5,7 +5,7 @@ model object, the same prompt and the same number of new tokens.
     OMP_NUM_THREADS=1 python benchmarks/perf_overhead.py [--runs 7] [--new-tokens 32]
         [--prompt-tokens 32] [--batch-size 1] [--rounds 2]
 
-The harness path is `specengine.perf.measure` (our greedy loop with per-step top-k
+The harness path is `specengine.kinds.causal_lm.perf.measure` (our greedy loop with per-step top-k
 log-probs and tail mass, device synchronised around every clock read); the bare path is
 `model.generate(do_sample=False, min_new_tokens=max_new_tokens=N)` between two
 `time.perf_counter()` calls. The two are interleaved in `rounds` (A B A B ...) so that a
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from specengine.perf import PerfSettings, measure, perf_prompts, summarise
-    from specengine.session import open_session
+    from specengine.kinds.causal_lm.perf import PerfSettings, measure, perf_prompts, summarise
+    from specengine.loading.session import open_session
     from specengine.spec import load_spec
 
     spec = load_spec(args.spec)

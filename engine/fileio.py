@@ -100,7 +100,7 @@ def read_golden_json(path, what: str = "golden", limit: int = MAX_GOLDEN_BYTES):
     first). GoldenError (exit 2) naming the file and the problem."""
     import json
 
-    from .errors import GoldenError
+    from specengine.errors import GoldenError
 
     shown = f"{what} {path}"
     try:

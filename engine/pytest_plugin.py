@@ -154,8 +154,8 @@ class SpecFile(pytest.File):
     run = None
 
     def collect(self):
-        from .errors import SpecEngineError
-        from .spec import load_spec
+        from specengine.errors import SpecEngineError
+        from specengine.spec import load_spec
 
         try:
             self.spec = load_spec(self.path)
@@ -182,8 +182,8 @@ class SpecFile(pytest.File):
 
     def setup(self) -> None:
         """Check every selected case of this spec on the candidate, once."""
-        from .errors import BackendUnavailable, SpecEngineError
-        from .run import check_spec
+        from specengine.errors import BackendUnavailable, SpecEngineError
+        from specengine.run import check_spec
 
         if self.run is not None:        # set up again (items reordered): the run is done
             return
@@ -192,7 +192,7 @@ class SpecFile(pytest.File):
         ids = {item.case.id for item in self.selected() if item.case is not None}
         cases = [c for c in self.spec.cases if c.id in ids] if self.spec.cases else None
         try:
-            from .golden import default_golden_dir
+            from specengine.golden import default_golden_dir
 
             golden_dir = settings.golden_dir or default_golden_dir(self.spec.path)
             self.run = check_spec(self.spec, backend, golden_dir, settings.against,
@@ -222,8 +222,8 @@ class CaseItem(pytest.Item):
         self.case = case
 
     def runtest(self) -> None:
-        from .annotations import case_failure_text
-        from .results import ERROR, FAIL
+        from specengine.report.annotations import case_failure_text
+        from specengine.results import ERROR, FAIL
 
         run = self.parent.run
         if self.case is None:           # the whole-spec item
@@ -236,7 +236,7 @@ class CaseItem(pytest.Item):
         if bad:
             raise CaseFailed("\n\n".join(case_failure_text(run, c) for c in bad))
         if self.case is None and run.status in (FAIL, ERROR):
-            from .report import render_terminal
+            from specengine.report import render_terminal
 
             raise CaseFailed(render_terminal([run]))
 
@@ -257,7 +257,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     runs = config.stash.get(_RUNS, [])
     if not runs:
         return
-    from .report.model import SELF_CHECK, SELF_CHECK_TEXT, counts, run_title
+    from specengine.report.model import SELF_CHECK, SELF_CHECK_TEXT, counts, run_title
 
     tr = terminalreporter
     tr.section("specengine")
@@ -270,14 +270,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     paths = {"json_path": opt("specengine_json"), "html": opt("specengine_html"),
              "markdown": opt("specengine_markdown")}
     if any(paths.values()):
-        from .report import write_reports
+        from specengine.report import write_reports
 
         write_reports(runs, **{k: v for k, v in paths.items() if v})
         for key, path in paths.items():
             if path:
                 tr.write_line(f"specengine {key.replace('_path', '')} report: {path}")
     if opt("specengine_annotations") == "github":
-        from .annotations import github_annotations
+        from specengine.report.annotations import github_annotations
 
         for line in github_annotations(runs):
             tr.write_line(line)

@@ -18,25 +18,27 @@ import numpy as np
 
 from specengine.backends.base import ScoringUnavailable
 
-from . import compare, decode
-from .errors import (BackendCrashed, BackendUnavailable, GoldenError, ReferenceInconsistent,
-                     SpecEngineError, SpecError)
-from .greedy import greedy_check, greedy_note
-from .golden import (Golden, build_golden, case_hash, describe_changes, golden_path,
-                     load_golden, previous_golden, step_record, write_golden)
-from . import case_paths as paths
-from .case_paths import side_class
-from .progress import cases as progress_cases
-from .results import ERROR, FAIL, NOT_RUN, PASS, CaseResult, Check, RunResult, Side, TopKRow
-from .session import Session, open_session, reference_source
-from .spec import Case, Spec
-from .tolerances import coarser, dtype_class
+from specengine.compare import tokens as compare
+from specengine.kinds.causal_lm import decode
+from specengine.errors import (BackendCrashed, BackendUnavailable, GoldenError,
+    ReferenceInconsistent, SpecEngineError, SpecError)
+from specengine.kinds.causal_lm.greedy import greedy_check, greedy_note
+from specengine.golden import (Golden, build_golden, case_hash, describe_changes, golden_path,
+    load_golden, previous_golden, step_record, write_golden)
+from specengine.kinds.causal_lm import paths
+from specengine.kinds.causal_lm.paths import side_class
+from specengine.progress import cases as progress_cases
+from specengine.results import (ERROR, FAIL, NOT_RUN, PASS, CaseResult, Check, RunResult, Side,
+    TopKRow)
+from specengine.loading.session import Session, open_session, reference_source
+from specengine.spec import Case, Spec
+from specengine.compare.tolerances import coarser, dtype_class
 
 
 def select_cases(spec: Spec, ids: list[str] | None = None, tags: list[str] | None = None,
                  expr: str | None = None) -> list[Case]:
     """--case ID (exact), --tag T (any), -k EXPR (substring of the id; 'not X' excludes)."""
-    from .errors import UsageError
+    from specengine.errors import UsageError
 
     cases = list(spec.cases)
     if ids:
@@ -103,7 +105,7 @@ def record_case_checked(session: Session, case: Case, sketch: bool = True
     if case.recipe is not None and getattr(session.backend, "supports_positions", False):
         record["prompt_steps"] = paths.prompt_steps(session, ids, case.top_k)
     if sketch and case.recipe is None:   # per-layer sketch, so localize works on the golden alone
-        from .localize import sketch_for_record
+        from specengine.kinds.causal_lm.localize import sketch_for_record
 
         layer_sketch = sketch_for_record(session.backend, record)
         if layer_sketch:
@@ -128,11 +130,11 @@ def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool 
     from specengine.backends.registry import config_for
 
     if spec.kind == "embedding":
-        from .embedding import record_embedding_golden
+        from specengine.kinds.embedding import record_embedding_golden
 
         return record_embedding_golden(spec, backend_name, golden_dir, update, echo)
     if spec.kind == "ops":
-        from .ops import record_ops_golden
+        from specengine.kinds.ops import record_ops_golden
 
         return record_ops_golden(spec, backend_name, golden_dir, update, echo)
 
@@ -184,9 +186,9 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
 
     if spec.kind in ("embedding", "ops"):   # engine/embedding.py, engine/ops.py
         if spec.kind == "embedding":
-            from .embedding import check_embedding_spec as check_kind
+            from specengine.kinds.embedding import check_embedding_spec as check_kind
         else:
-            from .ops import check_ops_spec as check_kind
+            from specengine.kinds.ops import check_ops_spec as check_kind
         return check_kind(spec, backend_name, golden_dir, against, cases, fail_fast, perf)
     started = time.perf_counter()
     cases = list(spec.cases if cases is None else cases)
@@ -235,7 +237,7 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
             if localize and result.status == FAIL and paths.decode_only_failure(result):
                 paths.localize_decode(session, result, golden.cases[case.id])
             elif localize and result.status == FAIL:
-                from .localize import localize_failed_case
+                from specengine.kinds.causal_lm.localize import localize_failed_case
 
                 localize_failed_case(session, result, golden.cases[case.id], ref_side.backend,
                                      ref_side.dtype, ref_states.get(case.id) if against else None,
@@ -243,7 +245,7 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
             if fail_fast and result.status != PASS:
                 run.notes.append("stopped at the first failing case (--fail-fast)")
                 break
-        from .sweep import sweep_notes
+        from specengine.kinds.causal_lm.sweep import sweep_notes
 
         run.notes += sweep_notes(cases, run.cases, {c.id: c.tolerance_for(klass) for c in cases})
         note = greedy_note(cand_name, run.cases)
@@ -264,7 +266,7 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
 
 def _measure_perf(session: Session, spec: Spec, golden_dir: Path | None) -> dict:
     """Perf section of a check; a crash while measuring is an `error` perf section."""
-    from .perf import check_perf
+    from specengine.kinds.causal_lm.perf import check_perf
 
     try:
         return check_perf(session, spec, golden_dir)
@@ -298,8 +300,8 @@ def _golden_side(golden: Golden) -> Side:
 
 def _check_staleness(spec: Spec, golden: Golden, ref_name: str, cases: list[Case],
                      resolved=None) -> None:
-    from .long_prompt import ids_sha256
-    from .session import prompt_ids_for, tokenizer_for
+    from specengine.spec.long_prompt import ids_sha256
+    from specengine.loading.session import prompt_ids_for, tokenizer_for
 
     resolved = resolved or reference_source(spec, ref_name)
     if resolved.fingerprint != golden.data["model"]["fingerprint"]:
@@ -341,7 +343,7 @@ def _live_reference(spec: Spec, ref_name: str, cases: list[Case],
             if checks is not None:
                 checks[case.id] = consistency
         if states is not None:
-            from .localize import capture, teacher_forced_ids
+            from specengine.kinds.causal_lm.localize import capture, teacher_forced_ids
 
             for cid, record in records.items():
                 try:
@@ -440,7 +442,7 @@ def _check_length(session: Session, case: Case, prompt_ids: list[int]) -> None:
 def _context_limit(session: Session) -> int | None:
     """max_position_embeddings (or n_positions) of the model's config.json, if it has one."""
     if not hasattr(session, "_context_limit"):
-        from .cache import read_json
+        from specengine.files import read_json
 
         limit = None
         hf_dir = getattr(session.resolved, "hf_dir", None)
@@ -561,7 +563,7 @@ def _run_checks(session: Session, case: Case, golden: Golden, record: dict,
         result.checks.append(Check("batch-invariance", NOT_RUN,
                                    f"needs log-probs: {paths.unsupported(backend, 'logprobs')}"))
     elif any(size > 1 for size in det.batch_sizes):
-        from .batch import batch_invariance_check
+        from specengine.kinds.causal_lm.batch import batch_invariance_check
 
         result.checks.append(batch_invariance_check(session, case, prompt_ids, gen))
 

@@ -18,7 +18,7 @@ _register_test_runtimes()   # test-slow, test-fault: the suite's own runtimes
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The converted SmolLM2 HF folder (converted once into the cache folder)."""
-    from specengine.sources import resolve
+    from specengine.loading.sources import resolve
     from specengine.spec import load_spec
 
     return resolve(load_spec(SMOLLM2_SPEC).model).hf_dir

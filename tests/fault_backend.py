@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 
-from specengine.backends.torch_backend import TorchBackend
+from specengine.backends.torch.backend import TorchBackend
 from specengine.errors import BackendCrashed
 
 OFFSET = 3   # the bytes tokenizer: ids 3..258 are the bytes 0..255

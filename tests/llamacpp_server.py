@@ -35,7 +35,7 @@ EXTRA_DEPS = ("diskcache>=5.6", "sse-starlette>=1.6", "starlette-context>=0.3.6"
 
 
 def _cache() -> Path:
-    from specengine.cache import cache_dir
+    from specengine.files import cache_dir
 
     return cache_dir() / "servers"
 

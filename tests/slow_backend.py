@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from specengine.backends.torch_backend import TorchBackend
+from specengine.backends.torch.backend import TorchBackend
 
 
 class SlowTorchBackend(TorchBackend):

@@ -74,7 +74,7 @@ def _wanted_device() -> str:
         import torch
     except ImportError:
         pytest.skip("accelerator tests need torch")
-    from specengine.backends.torch_device import TorchDevice
+    from specengine.backends.torch.device import TorchDevice
     from specengine.errors import BackendUnavailable
 
     if not wanted:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specengine.batch import BatchInvariance, companions, compare_in_batch, describe, judge
+from specengine.kinds.causal_lm.batch import BatchInvariance, companions, compare_in_batch, describe, judge
 
 
 def lp(rows):

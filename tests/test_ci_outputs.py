@@ -133,7 +133,7 @@ def failing_check(gate_repo, tmp_path_factory) -> FailingCheck:
 # --- annotations --------------------------------------------------------------------------
 
 def test_escaping_follows_githubs_rules():
-    from specengine.annotations import escape_data, escape_property, workflow_command
+    from specengine.report.annotations import escape_data, escape_property, workflow_command
 
     assert escape_data("100% done\r\nnext: a, b") == "100%25 done%0D%0Anext: a, b"
     assert escape_property("specs/a,b:c%.yaml\n") == "specs/a%2Cb%3Ac%25.yaml%0A"
@@ -143,7 +143,7 @@ def test_escaping_follows_githubs_rules():
 
 
 def test_annotation_path_is_relative_to_the_workspace(tmp_path, monkeypatch):
-    from specengine.annotations import annotation_path
+    from specengine.report.annotations import annotation_path
 
     spec = tmp_path / "specs" / "x.yaml"
     assert annotation_path(str(spec), root=tmp_path) == "specs/x.yaml"
@@ -195,7 +195,7 @@ def test_github_annotations_point_at_the_failing_cases(gate_repo, monkeypatch):
 
 
 def test_annotations_are_capped(gate_repo):
-    from specengine.annotations import MAX_ANNOTATIONS, github_annotations
+    from specengine.report.annotations import MAX_ANNOTATIONS, github_annotations
 
     run = _many_case_run(300, status="fail")
     lines = list(github_annotations([run]))

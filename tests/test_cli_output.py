@@ -199,7 +199,7 @@ def test_backends_lists_names_aliases_and_availability(gate_repo):
 
 
 def test_backends_probe_imports_no_runtime():
-    code = ("import sys; from specengine.backends_cmd import backend_rows; "
+    code = ("import sys; from specengine.cli.backends_cmd import backend_rows; "
             "rows = backend_rows(); "
             "print(sorted(m for m in ('onnxruntime', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

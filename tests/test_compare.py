@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from specengine import compare
+from specengine.compare import tokens as compare
 from specengine.backends.base import log_mass_excluding, topk_with_tail
 from specengine.spec import Tolerance
 

@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from specengine import compare
-from specengine.distribution import distribution, judge
+from specengine.compare import tokens as compare
+from specengine.compare.distribution import distribution, judge
 from specengine.results import Side
 from specengine.run import comparison_label
-from specengine.tolerances import (DEFAULTS, FLOAT32, HALF, QUANTIZED, Tolerance, ToleranceSource,
+from specengine.compare.tolerances import (DEFAULTS, FLOAT32, HALF, QUANTIZED, Tolerance, ToleranceSource,
                                    coarser, dtype_class)
 
 
@@ -123,7 +123,7 @@ def test_spec_and_case_values_win_over_every_class():
 
 
 def test_gather_from_topk_reads_known_ids_and_bounds_the_rest():
-    from specengine.decode import gather_from_topk
+    from specengine.kinds.causal_lm.decode import gather_from_topk
 
     top_ids = np.array([[5, 2, 9]])
     top_lp = np.log(np.array([[0.5, 0.3, 0.1]]))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from helpers import REPO, cli, load_json, perturb_model, write_spec
-from specengine.embedding_compare import array_stats, cosine_rows
+from specengine.compare.arrays import array_stats, cosine_rows
 from specengine.errors import GoldenError, SpecError
 from specengine.spec import load_spec, parse_spec
 
@@ -59,7 +59,7 @@ def test_cosine_edge_cases_and_non_finite():
 # -- golden encoding -------------------------------------------------------------------
 
 def test_array_encoding_round_trips_exactly_and_detects_edits():
-    from specengine.embedding_golden import decode_array, encode_array
+    from specengine.kinds.embedding.golden import decode_array, encode_array
 
     a = np.random.default_rng(1).standard_normal((3, 5)).astype(np.float32)
     rec = encode_array(a, lengths=[3])
@@ -76,7 +76,7 @@ def test_array_encoding_round_trips_exactly_and_detects_edits():
 # -- pooling ---------------------------------------------------------------------------
 
 def test_pooling_modes():
-    from specengine.embedding import pool
+    from specengine.kinds.embedding import pool
 
     h = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
     mask = np.array([[1, 1, 0], [1, 1, 1]], bool)
@@ -89,8 +89,8 @@ def test_pooling_modes():
 
 
 def test_minilm_folder_says_mean_pooling_and_normalize():
-    from specengine.embedding import resolve_pooling, sentence_transformers_pooling
-    from specengine.sources import resolve
+    from specengine.kinds.embedding import resolve_pooling, sentence_transformers_pooling
+    from specengine.loading.sources import resolve
 
     folder = resolve(load_spec(MINILM_SPEC).model).hf_dir
     assert sentence_transformers_pooling(folder) == ("mean", True)
@@ -144,8 +144,8 @@ def test_embedding_spec_resolves(tmp_path):
 
 
 def test_synthetic_images_are_seeded_and_normalised(tmp_path):
-    from specengine.embedding import EmbeddingSettings
-    from specengine.embedding_inputs import InputPreparer
+    from specengine.kinds.embedding import EmbeddingSettings
+    from specengine.kinds.embedding.inputs import InputPreparer
 
     (tmp_path / "config.json").write_text(json.dumps({"image_size": 28, "num_channels": 3}))
     prep = InputPreparer(tmp_path, EmbeddingSettings())
@@ -210,7 +210,7 @@ def _minilm_copy(tmp_path: Path, perturbed: Path | None, extra_case: str = "") -
 
 def test_minilm_lifecycle_perturbed_layer_fails(tmp_path):
     from specengine.run import check_spec, record_golden
-    from specengine.sources import resolve
+    from specengine.loading.sources import resolve
 
     src = resolve(load_spec(MINILM_SPEC).model).hf_dir
 
@@ -258,7 +258,7 @@ def test_minilm_lifecycle_perturbed_layer_fails(tmp_path):
 
 
 def test_embedding_golden_tamper_is_detected(tmp_path):
-    from specengine.embedding_golden import load_embedding_golden
+    from specengine.kinds.embedding.golden import load_embedding_golden
 
     src = GOLDEN / "internvit-tiny" / "cpu.json"
     data = json.loads(src.read_text())
@@ -287,7 +287,7 @@ def test_internvit_stand_in_has_the_6b_layer_structure():
 
 def test_internvit_stand_in_passes_on_cpu_bf16_and_a_perturbed_layer_fails(tmp_path):
     from specengine.run import check_spec
-    from specengine.sources import resolve
+    from specengine.loading.sources import resolve
 
     spec = load_spec(INTERNVIT_SPEC)
     run = check_spec(spec, "cpu-bf16", GOLDEN, perf=True)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from fault_backend import publish_figures, run_cli
 from helpers import TINY_MODEL, assert_clean_error, cli
 from specengine.errors import SpecError
-from specengine.yamlio import _Builder, _compose_fast, _load_ruamel, Located, load_yaml
+from specengine.spec.yamlio import _Builder, _compose_fast, _load_ruamel, Located, load_yaml
 
 # hypothesis misreads yaml_trees' extend function as not recursing (it does: depths 0-5)
 pytestmark = pytest.mark.filterwarnings("ignore:extend=.*doesn't use it's argument")
@@ -619,11 +619,11 @@ def test_special_files_as_specs_and_goldens_are_one_line(special_files, name):
     GoldenError at once, never a hang, a MemoryError or a read without bound."""
     import time
 
-    from specengine.embedding_golden import load_embedding_golden
+    from specengine.kinds.embedding.golden import load_embedding_golden
     from specengine.errors import GoldenError
     from specengine.golden import load_golden
-    from specengine.ops import load_ops_golden
-    from specengine.perf import load_perf_golden
+    from specengine.kinds.ops import load_ops_golden
+    from specengine.kinds.causal_lm.perf import load_perf_golden
 
     path = special_files / name
     start = time.perf_counter()

@@ -169,7 +169,7 @@ def test_symlinked_golden_folder_or_file_cannot_redirect_writes(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     """The tiny synthetic llama as a plain Hugging Face folder (config + safetensors)."""
-    from specengine.sources import resolve
+    from specengine.loading.sources import resolve
 
     root = tmp_path_factory.mktemp("hostile-model")
     spec = parse_spec(f"specengine: 1\nname: t\n{MODEL}cases: [{{id: a, prompt: p}}]\n",

@@ -19,7 +19,7 @@ TINY_SYNTHETIC = {"model_type": "llama", "seed": 5, "init_std": 0.4,
 @pytest.fixture(scope="module")
 def synthetic_dir(tmp_path_factory):
     """A local HF folder without tokenizer files (a synthetic model's weights)."""
-    from specengine.sources import resolve
+    from specengine.loading.sources import resolve
     from specengine.spec import ModelSpec
 
     built = resolve(ModelSpec(source="synthetic", synthetic=TINY_SYNTHETIC, tokenizer="bytes")).hf_dir

@@ -15,8 +15,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from helpers import REPO, cli, flip_o_proj, load_json, perturb_model, write_spec
-from specengine import localize as L
-from specengine import sketch as S
+from specengine.kinds.causal_lm import localize as L
+from specengine.compare import sketch as S
 from specengine.errors import GoldenError
 from specengine.golden import build_golden, dumps, load_golden, write_golden
 from specengine.spec import schema
@@ -271,7 +271,7 @@ cases:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from specengine.sources import resolve
+    from specengine.loading.sources import resolve
     from specengine.spec import parse_spec
 
     root = tmp_path_factory.mktemp("tiny-loc")
@@ -287,7 +287,7 @@ def tiny(tmp_path_factory):
 def test_capture_names_every_layer_and_the_final_norm(tiny):
     import torch
 
-    from specengine.session import open_session
+    from specengine.loading.session import open_session
     from specengine.spec import load_spec
 
     spec, _ = tiny
@@ -417,7 +417,7 @@ def test_committed_golden_carries_layer_sketches():
 
 def test_localize_names_the_flipped_layer_on_smollm2(smol):
     """Live reference (full states) and golden alone (sketch), one model load per side."""
-    from specengine.session import open_session
+    from specengine.loading.session import open_session
     from specengine.spec import load_spec
 
     from specengine.run import _check_staleness

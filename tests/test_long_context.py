@@ -19,7 +19,7 @@ GOLDEN_DIR = REPO / "golden"
 
 
 def test_builtin_text_is_deterministic_and_portable():
-    from specengine.long_prompt import builtin_text
+    from specengine.spec.long_prompt import builtin_text
 
     a, b = builtin_text(200, 7), builtin_text(200, 7)
     assert a == b and len(a.split()) == 200
@@ -29,8 +29,8 @@ def test_builtin_text_is_deterministic_and_portable():
 
 
 def test_recipe_gives_exactly_n_tokens_of_the_tokenizer():
-    from specengine.long_prompt import Recipe, build_ids
-    from specengine.tokenizer import BytesTokenizer
+    from specengine.spec.long_prompt import Recipe, build_ids
+    from specengine.loading.tokenizer import BytesTokenizer
 
     tok = BytesTokenizer()
     for n in (1, 7, 255, 256, 257, 1024):
@@ -43,7 +43,7 @@ def test_recipe_gives_exactly_n_tokens_of_the_tokenizer():
 
 
 def test_sweep_lengths():
-    from specengine.long_prompt import sweep_lengths
+    from specengine.spec.long_prompt import sweep_lengths
 
     assert sweep_lengths({"lengths": [1024, 512, 512]}) == [512, 1024]
     assert sweep_lengths({"around": [256, 1024], "delta": 1}) == [255, 256, 257, 1023, 1024, 1025]

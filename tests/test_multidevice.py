@@ -68,7 +68,7 @@ def _spec(tmp_path, placement: str):
 ])
 def test_device_map_and_max_memory_reach_from_pretrained(tmp_path, spy, placement, want_map,
                                                          want_memory):
-    from specengine.session import open_session
+    from specengine.loading.session import open_session
 
     spec = _spec(tmp_path, placement)
     session = open_session(spec, "cpu")
@@ -90,7 +90,7 @@ def test_device_map_and_max_memory_reach_from_pretrained(tmp_path, spy, placemen
 
 
 def test_without_device_map_nothing_is_placed(tmp_path, spy):
-    from specengine.session import open_session
+    from specengine.loading.session import open_session
 
     session = open_session(_spec(tmp_path, ""), "cpu")
     try:

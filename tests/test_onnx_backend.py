@@ -29,7 +29,7 @@ from helpers import REPO, SMOLLM2_SPEC, cli, copy_model, load_json, write_spec
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from specengine.backends import onnx_export  # noqa: E402
+from specengine.backends.onnx import export as onnx_export
 from specengine.backends.base import BackendConfig  # noqa: E402
 from specengine.errors import BackendUnavailable  # noqa: E402
 
@@ -57,7 +57,7 @@ def tiny_model_spec(family: str):
 
 
 def onnx_backend(**options):
-    from specengine.backends.onnx_backend import OnnxBackend
+    from specengine.backends.onnx.backend import OnnxBackend
 
     return OnnxBackend(BackendConfig("onnx", "onnx", "cpu", "float32", options))
 
@@ -65,7 +65,7 @@ def onnx_backend(**options):
 def torch_logits(resolved, ids: list[int]) -> np.ndarray:
     import torch
 
-    from specengine.backends.torch_models import load_torch_model
+    from specengine.backends.torch.models import load_torch_model
 
     model = load_torch_model(resolved, "float32", "cpu")
     with torch.no_grad():
@@ -82,7 +82,7 @@ def text_ids(vocab: int, n: int = 40) -> list[int]:
 
 @pytest.fixture(scope="module", params=sorted(TINY))
 def family(request):
-    from specengine.sources import resolve
+    from specengine.loading.sources import resolve
 
     resolved = resolve(tiny_model_spec(request.param))
     backend = onnx_backend()
@@ -109,7 +109,7 @@ def test_family_logits_match_torch(family):
 
 
 def test_family_generate_and_score_match_torch(family):
-    from specengine.backends.torch_backend import TorchBackend
+    from specengine.backends.torch.backend import TorchBackend
 
     name, resolved, backend = family
     vocab = int(resolved.spec.synthetic["config"]["vocab_size"])
@@ -147,7 +147,7 @@ def test_changed_weight_gives_new_key_and_new_export(tmp_path, monkeypatch):
     fingerprint, a new key, a new export whose logits follow the new weight."""
     from safetensors.torch import load_file, save_file
 
-    from specengine.sources import resolve
+    from specengine.loading.sources import resolve
     from specengine.spec import ModelSpec
 
     original = resolve(tiny_model_spec("llama"))
@@ -180,7 +180,7 @@ def test_changed_weight_gives_new_key_and_new_export(tmp_path, monkeypatch):
 
 
 def onnx_cache_root() -> Path:
-    from specengine.cache import cache_dir
+    from specengine.files import cache_dir
 
     root = cache_dir() / "onnx"
     root.mkdir(parents=True, exist_ok=True)
@@ -188,7 +188,7 @@ def onnx_cache_root() -> Path:
 
 
 def test_user_supplied_graph_is_used_without_export():
-    from specengine.sources import resolve
+    from specengine.loading.sources import resolve
 
     resolved = resolve(tiny_model_spec("llama"))
     exported = onnx_backend()
@@ -206,7 +206,7 @@ def test_user_supplied_graph_is_used_without_export():
 
 def test_missing_user_graph_is_a_clear_error(tmp_path):
     from specengine.errors import ModelSourceError
-    from specengine.sources import resolve
+    from specengine.loading.sources import resolve
 
     backend = onnx_backend(onnx_file=str(tmp_path / "nope.onnx"))
     with pytest.raises(ModelSourceError, match="nope.onnx"):
@@ -228,7 +228,7 @@ def test_unavailable_provider_is_backend_unavailable():
 def test_missing_onnxruntime_names_the_pip_command(monkeypatch):
     import sys
 
-    from specengine.backends.onnx_backend import OnnxBackend
+    from specengine.backends.onnx.backend import OnnxBackend
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(BackendUnavailable, match=r"pip install"):
@@ -236,7 +236,7 @@ def test_missing_onnxruntime_names_the_pip_command(monkeypatch):
 
 
 def test_export_failure_names_the_operator(tmp_path, monkeypatch):
-    from specengine.sources import resolve
+    from specengine.loading.sources import resolve
 
     def broken(resolved, settings, out):
         raise RuntimeError("Unsupported FX nodes: {'call_function': ['aten.diff.default']}")
@@ -264,7 +264,7 @@ def test_failing_operator_patterns():
 @pytest.mark.slow
 def test_smollm2_export_matches_torch(smollm2_dir):
     """The real model: export once (minutes on two cores, then cached), logits vs torch."""
-    from specengine.sources import resolve
+    from specengine.loading.sources import resolve
     from specengine.spec import load_spec
 
     resolved = resolve(load_spec(SMOLLM2_SPEC).model)
@@ -314,7 +314,7 @@ cases:
 def _e2e_spec(tmp_path: Path, family: str) -> Path:
     import json
 
-    from specengine.sources import resolve
+    from specengine.loading.sources import resolve
 
     from helpers import perturb_model
 
@@ -429,7 +429,7 @@ class _Causal:
 @pytest.mark.parametrize("length", ["L", 8])
 def test_full_graph_without_state(tmp_path, length):
     """No cache: every step re-runs the prefix; a fixed length is right-padded."""
-    from specengine.backends.onnx_graph import GraphError
+    from specengine.backends.onnx.graph import GraphError
 
     backend = onnx_backend(onnx_file=str(full_graph(tmp_path / "m.onnx", length)))
     backend.load(_Causal())

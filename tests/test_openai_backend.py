@@ -32,9 +32,9 @@ import pytest
 
 from helpers import REPO, SMOLLM2_SPEC, assert_clean_error, cli, write_spec
 from specengine.backends.base import BackendConfig
-from specengine.backends.openai_dialects import parse_options
-from specengine.backends.openai_replies import choice_steps, latency_summary
-from specengine.backends.openai_tokens import resegment
+from specengine.backends.openai.dialects import parse_options
+from specengine.backends.openai.replies import choice_steps, latency_summary
+from specengine.backends.openai.tokens import resegment
 from specengine.errors import UsageError
 
 GOLDEN_DIR = REPO / "golden"
@@ -148,10 +148,10 @@ class StubServer:
     without, it returns text only, like transformers serve."""
 
     def __init__(self, hf_dir: Path, logprobs: bool):
-        from specengine.backends.torch_backend import TorchBackend
-        from specengine.sources import ResolvedSource
+        from specengine.backends.torch.backend import TorchBackend
+        from specengine.loading.sources import ResolvedSource
         from specengine.spec import ModelSpec
-        from specengine.tokenizer import HFTokenizer
+        from specengine.loading.tokenizer import HFTokenizer
 
         self.logprobs = logprobs
         self.default_penalty = 1.0

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import REPO, cli, load_json, write_spec
-from specengine.embedding_compare import UNIT_ROUNDOFF, dtype_error
+from specengine.compare.arrays import UNIT_ROUNDOFF, dtype_error
 from specengine.errors import GoldenError, SpecError
 from specengine.spec import load_spec, parse_spec
 
@@ -90,8 +90,8 @@ SMALL = [
 
 @pytest.mark.parametrize("op,shape,params", SMALL, ids=[f"{o}-{i}" for i, (o, _, _) in enumerate(SMALL)])
 def test_float64_oracle_matches_numpy(op, shape, params):
-    from specengine.ops import OpCase, OpTolerance, run_oracle
-    from specengine.ops_catalog import OPS, draw_inputs, resolve_dims, resolve_params
+    from specengine.kinds.ops import OpCase, OpTolerance, run_oracle
+    from specengine.spec.ops_catalog import OPS, draw_inputs, resolve_dims, resolve_params
 
     dims, _ = resolve_dims(OPS[op], shape)
     full, problem = resolve_params(OPS[op], params, dims)
@@ -105,8 +105,8 @@ def test_float64_oracle_matches_numpy(op, shape, params):
 
 
 def test_routing_oracle_matches_numpy():
-    from specengine.ops import OpCase, OpTolerance, run_oracle
-    from specengine.ops_catalog import OPS, draw_inputs, resolve_dims, resolve_params
+    from specengine.kinds.ops import OpCase, OpTolerance, run_oracle
+    from specengine.spec.ops_catalog import OPS, draw_inputs, resolve_dims, resolve_params
 
     op = OPS["moe_topk_routing"]
     dims, _ = resolve_dims(op, {"tokens": 6, "hidden": 16, "experts": 8})
@@ -141,7 +141,7 @@ def test_dtype_error_ratio_is_about_one_for_a_correctly_rounded_result():
 
 
 def test_routing_near_tie_rule():
-    from specengine.ops import compare_routing
+    from specengine.kinds.ops import compare_routing
 
     ref_ids = np.array([[0, 1], [0, 1], [0, 1]])
     cand_ids = np.array([[0, 1], [0, 2], [0, 3]])

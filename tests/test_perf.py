@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from specengine.errors import GoldenError, UsageError
-from specengine.perf import (BatchSamples, PerfSettings, device_class, judge_budgets,
+from specengine.kinds.causal_lm.perf import (BatchSamples, PerfSettings, device_class, judge_budgets,
                              judge_regression, load_perf_golden, measure, perf_golden_path,
                              perf_prompts, relative_iqr, slowdown, summarise)
 

@@ -94,7 +94,7 @@ cases:
 
 
 def test_init_schema_path_is_relative_and_gguf_gets_a_chat_case(tmp_path, monkeypatch):
-    from specengine.init_spec import gguf_has_chat_template
+    from specengine.cli.init_spec import gguf_has_chat_template
 
     folder = tmp_path / "m"
     folder.mkdir()
@@ -128,7 +128,7 @@ def test_init_embedding_spec_spells_out_its_tolerances(tmp_path, monkeypatch):
 
 
 def test_record_golden_prints_continuations_and_near_ties(tmp_path):
-    from specengine.record_summary import near_ties
+    from specengine.kinds.causal_lm.record_summary import near_ties
 
     record = {"steps": [{"ids": [5, 6], "logprobs": [-0.1, -3.0]},
                         {"ids": [7, 8], "logprobs": [-0.7, -0.9]}]}
@@ -149,7 +149,7 @@ def test_record_golden_prints_continuations_and_near_ties(tmp_path):
 def test_provenance_has_no_machine_paths(tmp_path, monkeypatch):
     import sys
 
-    from specengine.provenance import portable_path
+    from specengine.loading.provenance import portable_path
 
     site = tmp_path / "venv" / "lib" / "site-packages"
     (site / "somepkg" / "model").mkdir(parents=True)
@@ -167,7 +167,7 @@ def test_committed_goldens_and_origins_are_portable():
     import json
 
     from helpers import REPO
-    from specengine.sources import resolve
+    from specengine.loading.sources import resolve
     from specengine.spec import load_spec
 
     for name, spec in (("smollm2-135m", "specs/smollm2-135m.yaml"),
@@ -194,7 +194,7 @@ def test_equal_fingerprints_are_not_flagged_as_another_source():
 
 
 def test_a_tie_after_the_expectation_is_met_is_not_a_warning():
-    from specengine.record_summary import settled_step
+    from specengine.kinds.causal_lm.record_summary import settled_step
 
     pieces = ["", " Paris", ".", " It", " is"]
     decode = lambda ids: "".join(pieces[i] for i in ids)   # noqa: E731

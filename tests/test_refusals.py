@@ -91,7 +91,7 @@ def planted_package(tmp_path, monkeypatch):
 
 
 def test_pkg_paths_import_nothing(planted_package):
-    from specengine.sources import resolve_path
+    from specengine.loading.sources import resolve_path
     from specengine.spec import ModelSpec
 
     pkg, marker = planted_package
@@ -241,7 +241,7 @@ def test_file_names_and_arguments_are_escaped_on_the_terminal(tmp_path):
 
 
 def test_github_annotations_escape_every_control_character():
-    from specengine.annotations import workflow_command
+    from specengine.report.annotations import workflow_command
 
     line = workflow_command("error", "msg\x1b[31m\r\n::warning::x\x07",
                             file="a\x1b,b:c\n::d.yaml", line=3, title="t\x00")
@@ -429,7 +429,7 @@ def test_full_disk_while_writing_a_golden_keeps_the_old_one(tmp_path, monkeypatc
     def full(fd):
         raise OSError(28, "No space left on device")
 
-    from specengine import cache
+    from specengine import files as cache
 
     monkeypatch.setattr(cache.os, "fsync", full)
     with pytest.raises(OutputError) as info:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from helpers import SMOLLM2_SPEC, cli, write_spec
-from specengine.backends.openai_dialects import (describe_quantization, describe_sampling,
+from specengine.backends.openai.dialects import (describe_quantization, describe_sampling,
                                                  neutral_sampling, quantization_in_name)
-from specengine.backends.openai_tokens import align_echo
-from specengine.greedy import greedy_check, greedy_note, greedy_steps
+from specengine.backends.openai.tokens import align_echo
+from specengine.kinds.causal_lm.greedy import greedy_check, greedy_note, greedy_steps
 from specengine.results import CaseResult
 
 
@@ -112,7 +112,7 @@ def _spec_with_backend(tmp_path, block: str):
 
 def test_a_quantized_served_backend_validates_and_builds(tmp_path):
     from specengine.spec import load_spec
-    from specengine.tolerances import dtype_class
+    from specengine.compare.tolerances import dtype_class
 
     spec = _spec_with_backend(tmp_path, (
         "  llama-q4:\n    runtime: openai\n    dtype: q4_1\n"

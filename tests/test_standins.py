@@ -33,7 +33,7 @@ def spec_path(name: str) -> Path:
 
 
 def model_dir(name: str) -> Path:
-    from specengine.sources import resolve
+    from specengine.loading.sources import resolve
     from specengine.spec import load_spec
 
     return resolve(load_spec(spec_path(name)).model).hf_dir

@@ -9,12 +9,12 @@ import json
 import pytest
 
 from helpers import REPO
-from specengine.annotations import case_failure_text
+from specengine.report.annotations import case_failure_text
 from specengine.report import render_html, render_junit, render_markdown, render_terminal
 from specengine.report.tokens import chips, divergence_texts, marked
 from specengine.results import CaseResult, Check, RunResult, Side
 from specengine.token_display import joined, show_bytes, token_pieces
-from specengine.tokenizer import BytesTokenizer
+from specengine.loading.tokenizer import BytesTokenizer
 
 # 一 位 人 ， 被 : e4b880 | e4bd 8d | e4baba | efbc8c | e8 a2 ab
 ZH = [b"\xe4\xb8\x80", b"\xe4\xbd", b"\x8d", b"\xe4\xba\xba", b"\xef\xbc\x8c",
@@ -120,7 +120,7 @@ def test_results_without_token_bytes_still_render():
 def test_smollm2_capital_zh_golden(smollm2_dir):
     """The committed golden's capital-zh continuation through the real tokenizer: every
     character readable; the candidate diverges in the middle of `被` (step 6)."""
-    from specengine.tokenizer import HFTokenizer
+    from specengine.loading.tokenizer import HFTokenizer
 
     tok = HFTokenizer(smollm2_dir)
     golden = json.loads((REPO / "golden/smollm2-135m/cpu.json").read_text())

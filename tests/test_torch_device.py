@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from specengine.backends.torch_device import CUBLAS_WORKSPACE, TorchDevice
+from specengine.backends.torch.device import CUBLAS_WORKSPACE, TorchDevice
 from specengine.errors import BackendUnavailable
 
 
@@ -190,7 +190,7 @@ def test_the_npu_layer_on_a_fake_torch_npu(monkeypatch):
     import torch
 
     from specengine.backends.base import BackendConfig
-    from specengine.backends.npu import NpuBackend
+    from specengine.backends.torch.npu import NpuBackend
 
     log = []
     npu = Recorder("torch.npu", log)
@@ -216,7 +216,7 @@ def test_the_npu_layer_on_a_fake_torch_npu(monkeypatch):
 
 def test_the_npu_layer_without_torch_npu(monkeypatch):
     from specengine.backends.base import BackendConfig
-    from specengine.backends.npu import NpuBackend
+    from specengine.backends.torch.npu import NpuBackend
 
     monkeypatch.setitem(sys.modules, "torch_npu", None)     # import raises ImportError
     with pytest.raises(BackendUnavailable, match="needs torch_npu, which is not installed"):
@@ -224,7 +224,7 @@ def test_the_npu_layer_without_torch_npu(monkeypatch):
 
 
 def test_perf_names_the_allocator_call():
-    from specengine.perf import _PeakMemory
+    from specengine.kinds.causal_lm.perf import _PeakMemory
 
     backend = SimpleNamespace(config=SimpleNamespace(device="cuda"),
                               peak_memory_source=lambda: "torch.accelerator.max_memory_allocated",

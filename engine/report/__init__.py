@@ -10,11 +10,11 @@ JSON file and atomic writes.
 
 from __future__ import annotations
 
-from .files import dump_results, load_results, write_reports
-from .markdown import MARKDOWN_LIMIT, render_markdown
-from .model import SELF_CHECK_TEXT
-from .render import render_html, render_junit
-from .terminal import render_terminal
+from specengine.report.files import dump_results, load_results, write_reports
+from specengine.report.markdown import MARKDOWN_LIMIT, render_markdown
+from specengine.report.model import SELF_CHECK_TEXT
+from specengine.report.render import render_html, render_junit
+from specengine.report.terminal import render_terminal
 
 __all__ = ["render_terminal", "render_markdown", "render_html", "render_junit",
            "write_reports", "load_results", "dump_results", "MARKDOWN_LIMIT",

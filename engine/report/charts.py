@@ -13,9 +13,9 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-from ..results import CaseResult
-from .model import PerfView, tolerance
-from .text import fmt, is_number, truncate, visible
+from specengine.results import CaseResult
+from specengine.report.model import PerfView, tolerance
+from specengine.report.text import fmt, is_number, truncate, visible
 
 WIDTH = 680
 LEFT, RIGHT = 58, 14

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..results import CaseResult, RunResult
-from .model import case_metrics
-from .text import fmt, fmt_ratio, is_number
+from specengine.results import CaseResult, RunResult
+from specengine.report.model import case_metrics
+from specengine.report.text import fmt, fmt_ratio, is_number
 
 CAUSAL, EMBEDDING, OPS = "causal-lm", "embedding", "ops"
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..results import RunResult
-from .text import is_number
+from specengine.results import RunResult
+from specengine.report.text import is_number
 
 
 @dataclass

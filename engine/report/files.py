@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputError, UsageError
-from ..results import RESULTS_FORMAT, RunResult, from_dict
-from .text import one_line, truncate
+from specengine.errors import OutputError, UsageError
+from specengine.results import RESULTS_FORMAT, RunResult, from_dict
+from specengine.report.text import one_line, truncate
 
 PathLike = str | os.PathLike
 
@@ -92,8 +92,8 @@ def write_reports(runs: list[RunResult], *, json_path: PathLike | None = None,
                   junit: PathLike | None = None) -> None:
     """Write each requested report. Everything is rendered before the first file is
     written, so a rendering problem leaves no partial set of reports behind."""
-    from .markdown import render_markdown
-    from .render import render_html, render_junit
+    from specengine.report.markdown import render_markdown
+    from specengine.report.render import render_html, render_junit
 
     jobs = [(json_path, dump_results), (markdown, render_markdown), (html, render_html),
             (junit, render_junit)]
@@ -138,7 +138,7 @@ def load_results(path: PathLike) -> list[RunResult]:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
-    from ..spec import schema
+    from specengine.spec import schema
 
     data = _read_json(path)
     if not isinstance(data, dict) or "runs" not in data or "format" not in data:

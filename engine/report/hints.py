@@ -9,7 +9,7 @@ divergence was judged benign; the hint says so, and that the expectation is frag
 
 from __future__ import annotations
 
-from ..results import FAIL, PASS, CaseResult
+from specengine.results import FAIL, PASS, CaseResult
 
 
 def near_tie_branch(case: CaseResult) -> bool:

@@ -15,8 +15,8 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-from .charts import LEFT, PALETTE, RIGHT, WIDTH, _svg, _text
-from .text import fmt
+from specengine.report.charts import LEFT, PALETTE, RIGHT, WIDTH, _svg, _text
+from specengine.report.text import fmt
 
 PANEL_H, TITLE_H, AXIS_H = 92, 38, 40
 FLAG = "#b91c1c"

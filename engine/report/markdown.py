@@ -7,8 +7,8 @@ are kept first, then passing ones in order) and a note says how many were droppe
 
 from __future__ import annotations
 
-from ..results import PASS, RunResult
-from .render import common_context, environment
+from specengine.results import PASS, RunResult
+from specengine.report.render import common_context, environment
 
 MARKDOWN_LIMIT = 1_000_000          # bytes, below GitHub's 1 MiB (1,048,576)
 SUMMARY_ROWS = 400                  # summary-table rows per spec before eliding passes

@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from ..results import ERROR, FAIL, NOT_RUN, PASS, CaseResult, RunResult, Side
-from .text import is_number, short_hash
+from specengine.results import ERROR, FAIL, NOT_RUN, PASS, CaseResult, RunResult, Side
+from specengine.report.text import is_number, short_hash
 
 SELF_CHECK = "self-check"
 CROSS_MODEL = "cross-model"
@@ -23,7 +23,7 @@ _SEVERITY = {PASS: 0, NOT_RUN: 1, FAIL: 2, ERROR: 3}
 BAD = (FAIL, ERROR)
 
 # Where the headline metrics are looked up in a case's check metrics (the names of
-# `specengine.compare.TeacherForced`'s fields first, then common aliases).
+# `specengine.compare.tokens.TeacherForced`'s fields first, then common aliases).
 METRIC_KEYS = {
     "kl_mean": ("kl_mean",),
     "kl_max": ("kl_max",),

@@ -17,16 +17,16 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from .. import __version__
-from ..results import ERROR, FAIL, NOT_RUN, PASS, CaseResult, RunResult
-from . import model
-from .charts import perf_chart, perf_mermaid, position_chart
-from .distribution import distribution_lines, distribution_rows
-from .layers import layer_chart, localization_line
-from .hints import near_tie_hints
-from .tokens import chips, decoded, divergence_texts, marked, split_marked
-from .text import (fmt, fmt_ratio, fmt_seconds, icon, md_cell, md_escape, md_marked, md_pre,
-                   metrics_text, one_line, short_hash, token_text, truncate, visible)
+from specengine import __version__
+from specengine.results import ERROR, FAIL, NOT_RUN, PASS, CaseResult, RunResult
+from specengine.report import model
+from specengine.report.charts import perf_chart, perf_mermaid, position_chart
+from specengine.report.distribution import distribution_lines, distribution_rows
+from specengine.report.layers import layer_chart, localization_line
+from specengine.report.hints import near_tie_hints
+from specengine.report.tokens import chips, decoded, divergence_texts, marked, split_marked
+from specengine.report.text import (fmt, fmt_ratio, fmt_seconds, icon, md_cell, md_escape,
+    md_marked, md_pre, metrics_text, one_line, short_hash, token_text, truncate, visible)
 
 
 def bar_px(p: Any, width: int = 120) -> int:

@@ -5,13 +5,13 @@ made visible, so model output cannot move the cursor or recolour the terminal.""
 
 from __future__ import annotations
 
-from ..results import ERROR, FAIL, PASS, RunResult
-from .model import (SELF_CHECK, SELF_CHECK_TEXT, counts, failing_checks,
-                    overall_status, perf_view, run_status, run_title)
-from .text import fmt, fmt_seconds, is_number, one_line, truncate
-from .columns import CAUSAL, columns_for, columns_for_kind
-from .hints import near_tie_hints
-from .tokens import marked
+from specengine.results import ERROR, FAIL, PASS, RunResult
+from specengine.report.model import (SELF_CHECK, SELF_CHECK_TEXT, counts, failing_checks,
+    overall_status, perf_view, run_status, run_title)
+from specengine.report.text import fmt, fmt_seconds, is_number, one_line, truncate
+from specengine.report.columns import CAUSAL, columns_for, columns_for_kind
+from specengine.report.hints import near_tie_hints
+from specengine.report.tokens import marked
 
 _COLORS = {PASS: "32", FAIL: "31", ERROR: "35", "warn": "33", "dim": "2", "bold": "1"}
 MESSAGE_WIDTH = 200
@@ -58,7 +58,7 @@ def _run_block(run: RunResult, color: bool, quiet: bool = False,
             lines += _case_lines(case, widths, color, cols.cells, verbose)
     lines += _perf_lines(run, color)
     if run.distribution and not quiet:
-        from .distribution import distribution_lines
+        from specengine.report.distribution import distribution_lines
 
         klass = f" (tolerance class: {run.tolerance_class})" if run.tolerance_class else ""
         lines.append("  " + _paint(f"distribution over all positions{klass}", "dim", color))
@@ -90,7 +90,7 @@ def _case_lines(case, widths: list[int], color: bool, metric_cells=None,
             text = truncate(one_line(marked(case, side)), MESSAGE_WIDTH)
             out.append("      " + _paint(f"{side + ':':<10} {text}", "dim", color))
     if getattr(case, "localization", None):   # check --localize (engine/localize.py)
-        from .layers import localization_line
+        from specengine.report.layers import localization_line
 
         out.append("      ↳ " + truncate(one_line(localization_line(case.localization)),
                                         MESSAGE_WIDTH))

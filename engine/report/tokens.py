@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..results import CaseResult
-from ..token_display import Piece, decode_hex, joined, piece_at, token_pieces
+from specengine.results import CaseResult
+from specengine.token_display import Piece, decode_hex, joined, piece_at, token_pieces
 
 
 @dataclass

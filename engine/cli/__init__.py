@@ -1,0 +1,371 @@
+"""The `specengine` command line. Exit codes: 0 pass, 1 a check failed, 2 bad spec /
+usage / golden problem, 3 backend unavailable or crashed.
+
+Heavy libraries are imported only by the commands that run models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from specengine import __version__
+from specengine.cli.output import (_backends_parser, _configure_output, _finish, _output_args,
+    _say, _stdout_gone)
+from specengine.errors import SpecEngineError, UsageError, printable
+
+EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
+
+DEFAULT_SPEC = "specs/smollm2-135m.yaml"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors are exit 2 with one line
+        self.print_usage(sys.stderr)
+        raise SystemExit(f"specengine: error: {message}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="specengine", description="Declarative differential testing of "
+                     "model ports: run YAML specs on backends, record goldens, check candidates.")
+    parser.add_argument("--version", action="version", version=f"specengine {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("validate", help="schema + semantic checks of specs (no model is loaded)")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files or folders")
+
+    p = sub.add_parser("record-golden", help="record goldens on a reference backend")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--backend", help="backend to record on (default: the spec's reference)")
+    p.add_argument("--update", action="store_true", help="re-record an existing golden and "
+                   "show what changed")
+    p.add_argument("--allow-inconsistent-reference", action="store_true",
+                   help="record even when the reference's own incremental decode and one-pass "
+                   "forward disagree on a case beyond its dtype's noise (refused by default, "
+                   "exit 1); the golden then lists those cases")
+    p.add_argument("--perf", action="store_true", help="record the perf golden instead of the "
+                   "output golden: the spec's perf: measurement on --backend, stored for its "
+                   "device class (backend + device name + dtype) under GOLDEN_DIR/SPEC/perf/")
+    _golden_dir_arg(p)
+
+    p = sub.add_parser("check", help="check a candidate backend against the goldens")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--backend", required=True, help="candidate backend (cpu, cpu-bf16, cuda, "
+                   "npu, onnx, or one a spec defines)")
+    p.add_argument("--against", metavar="BACKEND", help="compare with this backend live "
+                   "instead of the golden")
+    p.add_argument("--perf", action="store_true", help="also measure performance (the spec's "
+                   "perf: section, or its defaults) and judge budgets and the perf golden; "
+                   "without it no perf is measured, so plain checks stay fast")
+    p.add_argument("--localize", action="store_true", help="localize each failing case: "
+                   "per-layer errors against the golden's layer sketch (or the --against "
+                   "backend's hidden states) and the first layer that drifts, in every report")
+    _golden_dir_arg(p)
+    _report_args(p)
+    _selection_args(p)
+
+    p = sub.add_parser("run", help="the main job: record the reference golden if missing, "
+                       "check the candidate, write reports")
+    p.add_argument("specs", nargs="*", metavar="SPEC", help=f"default: {DEFAULT_SPEC} (the "
+                   "embedded SmolLM2 spec)")
+    p.add_argument("--backend", default="cpu-bf16", help="candidate backend (default cpu-bf16)")
+    p.add_argument("--report-dir", default="reports", help="folder for report.html / .md / "
+                   ".json / .xml (default ./reports)")
+    _annotations_arg(p)
+    _golden_dir_arg(p)
+    _selection_args(p)
+
+    p = sub.add_parser("report", help="re-render a results JSON without running anything")
+    p.add_argument("results", metavar="RESULTS.json")
+    _report_args(p)
+
+    sub.add_parser("schema", help="print the spec JSON Schema (for editors)")
+    _localize_parsers(sub)
+    _backends_parser(sub)
+
+    p = sub.add_parser("init", help="write a starter spec for a local Hugging Face model folder")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="local HF model folder (config.json, "
+                   "weights, tokenizer)")
+    p.add_argument("-o", "--output", type=Path, metavar="SPEC", help="spec file to write "
+                   "(default: specs/NAME.yaml, NAME from the folder)")
+    p.add_argument("--name", help="spec name (default: from the folder name)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing spec file")
+    for p in sub.choices.values():
+        _output_args(p)
+    return parser
+
+
+def _golden_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--golden-dir", type=Path, default=None, help="golden folder (default: "
+                   "$SPECENGINE_GOLDEN_DIR, else the golden/ folder nearest the spec: in its "
+                   "folder or one above, else in its project root, the folder holding .git or "
+                   "pyproject.toml)")
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", type=Path, metavar="PATH", help="write results JSON")
+    p.add_argument("--html", type=Path, metavar="PATH", help="write an HTML report")
+    p.add_argument("--markdown", type=Path, metavar="PATH", help="write a Markdown report")
+    p.add_argument("--junit", type=Path, metavar="PATH", help="write JUnit XML")
+    _annotations_arg(p)
+
+
+def _annotations_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--annotations", choices=("github",), help="print CI annotations for "
+                   "failing cases: 'github' emits ::error file=SPEC,line=N:: workflow "
+                   "commands at each failing case's line in its spec")
+
+
+def _selection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--case", action="append", metavar="ID", help="run only this case (repeatable)")
+    p.add_argument("--tag", action="append", metavar="TAG", help="run only cases with this tag")
+    p.add_argument("-k", dest="expr", metavar="EXPR", help="run cases whose id or tag contains "
+                   "EXPR ('not EXPR' excludes)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failing case")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(printable(exc.code), file=sys.stderr)
+            return EXIT_USAGE
+        return int(exc.code or 0)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    _configure_output(args)
+    try:
+        return COMMANDS[args.command](args)
+    except BrokenPipeError:           # `specengine report r.json | head -1`
+        _stdout_gone()
+        return EXIT_PASS
+    except SpecEngineError as exc:
+        print(f"specengine: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("specengine: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry(argv: list[str] | None = None) -> None:
+    """The program: `main`, then exit with its code. SIGINT at any moment gives exit 130
+    and one line: inside a command as KeyboardInterrupt; once the command is over (its
+    last line printed, the interpreter shutting down) it is only noted, so no traceback
+    can come from the way out."""
+    import signal
+
+    interrupted: list[int] = []
+    code = -1
+    try:
+        try:
+            code = main(argv)
+        finally:
+            signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
+    except KeyboardInterrupt:
+        interrupted.append(1)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    if code == -1 or (interrupted and code != 130):
+        try:
+            print("specengine: interrupted", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
+        code = 130
+    sys.exit(code)
+
+
+def _specs(targets: list[str]):
+    from specengine.spec import find_specs, load_spec
+
+    paths = find_specs(targets)
+    if not paths:
+        raise UsageError(f"no spec files in {' '.join(targets)}")
+    return [load_spec(p) for p in paths]
+
+
+def cmd_validate(args) -> int:
+    """Every error of every file, then a summary line."""
+    from specengine.cli.validate import cli_main
+
+    return cli_main(args)
+
+
+def cmd_record(args) -> int:
+    from specengine.golden import default_golden_dir
+    from specengine.run import record_golden
+
+    for spec in _specs(args.specs):
+        golden_dir = args.golden_dir or default_golden_dir(spec.path)
+        if args.perf:
+            if spec.kind != "causal-lm":
+                raise UsageError(f"{spec.path}: perf goldens are for causal-lm specs; an "
+                                 f"{spec.kind} spec's perf is measured by `check --perf`")
+            from specengine.kinds.causal_lm.perf import record_perf_golden
+
+            path = record_perf_golden(spec, args.backend or spec.reference, golden_dir, args.update)
+            print(f"recorded perf golden {printable(path)}")
+            continue
+        path = record_golden(spec, args.backend or spec.reference, golden_dir, args.update,
+                             allow_inconsistent=args.allow_inconsistent_reference)
+        print(f"recorded {printable(path)} ({len(spec.cases)} cases)")
+        if not getattr(args, "quiet", False):
+            from specengine.kinds.causal_lm.record_summary import summary_lines
+
+            for line in summary_lines(spec, path):
+                _say(line)
+    return EXIT_PASS
+
+
+def cmd_check(args) -> int:
+    from specengine.golden import default_golden_dir
+    from specengine.run import check_spec, select_cases
+
+    from specengine.cli.checkall import each_spec
+
+    def one(spec):
+        cases = select_cases(spec, args.case, args.tag, args.expr)
+        if not cases:
+            print(f"note: {printable(spec.path)}: no case selected", file=sys.stderr)
+            return None
+        return check_spec(spec, args.backend, args.golden_dir or default_golden_dir(spec.path),
+                          args.against, cases, args.fail_fast, perf=args.perf,
+                          localize=args.localize)
+
+    runs, worst = each_spec(args.specs, args.backend, "check", one, args.fail_fast)
+    return _finish(runs, args, worst)
+
+
+def cmd_run(args) -> int:
+    """Record the reference golden where it is missing, check, write every report."""
+    from specengine.golden import default_golden_dir, golden_path
+    from specengine.run import check_spec, record_golden, select_cases
+
+    from specengine.cli.checkall import each_spec
+
+    out = Path(args.report_dir)
+    args.json, args.markdown = out / "report.json", out / "report.md"
+    args.html, args.junit = out / "report.html", out / "report.xml"
+
+    def one(spec):
+        golden_dir = args.golden_dir or default_golden_dir(spec.path)
+        if not golden_path(golden_dir, spec.name, spec.reference).exists():
+            path = record_golden(spec, spec.reference, golden_dir)
+            print(f"recorded {printable(path)} on {spec.reference}")
+        cases = select_cases(spec, args.case, args.tag, args.expr)
+        return check_spec(spec, args.backend, golden_dir, None, cases, args.fail_fast)
+
+    runs, worst = each_spec(args.specs or [_default_spec()], args.backend, "check", one)
+    return _finish(runs, args, worst)
+
+
+def _default_spec() -> str:
+    if Path(DEFAULT_SPEC).is_file():
+        return DEFAULT_SPEC
+    raise UsageError(f"no SPEC given and no {DEFAULT_SPEC} here: run from a specengine "
+                     "checkout or name a spec")
+
+
+def cmd_report(args) -> int:
+    from specengine.report import load_results
+
+    runs = load_results(args.results)
+    if not runs:
+        raise UsageError(f"{args.results}: the results file holds no runs")
+    return _finish(runs, args)
+
+
+def cmd_schema(args) -> int:
+    import json
+
+    from specengine.spec import schema
+
+    print(json.dumps(schema("spec"), indent=2, ensure_ascii=False))
+    return EXIT_PASS
+
+
+def cmd_init(args) -> int:
+    from specengine.cli.init_spec import init_spec
+
+    path, spec = init_spec(args.model_dir, args.output, name=args.name, force=args.force)
+    print(f"wrote {printable(path)} ({spec.name}: {len(spec.cases)} cases)")
+    print(f"next: specengine record-golden {printable(path)} && specengine check "
+          f"{printable(path)} --backend cpu-bf16")
+    return EXIT_PASS
+
+
+def _localize_parsers(sub) -> None:
+    """`localize` and `calibrate` (engine/localize.py, engine/calibrate.py)."""
+    p = sub.add_parser("localize", help="find the first layer where a candidate drifts: "
+                       "per-layer hidden-state errors against a live reference or the golden's "
+                       "layer sketch (exit 1 when a layer is flagged)")
+    p.add_argument("spec", metavar="SPEC", help="spec file")
+    p.add_argument("--backend", required=True, help="candidate backend")
+    p.add_argument("--against", metavar="BACKEND", help="reference backend run live (full "
+                   "hidden states); default: the golden's layer sketch alone")
+    p.add_argument("--case", action="append", metavar="ID", help="case to localize "
+                   "(repeatable; default: every case)")
+    p.add_argument("--path", choices=("prefill", "decode"), default="prefill",
+                   help="prefill (default): per-layer states of the one-pass forward against "
+                   "the reference; decode: at the first bad decode step, the candidate's "
+                   "incremental-decode states against its own one-pass states at that position")
+    p.add_argument("--growth", type=float, default=4.0, metavar="K", help="flag a layer whose "
+                   "rel_err is at least K x the previous layer's (default 4)")
+    p.add_argument("--floor", type=float, default=None, metavar="F", help="and at least F "
+                   "(default: 25 x the unit roundoff of the coarser dtype, at least 0.001)")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the localizations as JSON")
+    p.add_argument("--html", type=Path, metavar="PATH", help="write an HTML page with the "
+                   "per-layer charts")
+    _golden_dir_arg(p)
+
+    p = sub.add_parser("calibrate", help="measure the noise between two good backends and "
+                       "propose tolerances (--write puts them into the spec)")
+    p.add_argument("spec", metavar="SPEC", help="spec file")
+    p.add_argument("--backend", required=True, help="one good backend (the candidate side)")
+    p.add_argument("--against", metavar="BACKEND", help="the other good backend, run live; "
+                   "default: the spec's golden")
+    p.add_argument("--case", action="append", metavar="ID", help="calibrate on these cases "
+                   "only (repeatable; default: every case)")
+    p.add_argument("--headroom", type=float, default=2.0, metavar="X", help="proposed upper "
+                   "limits are the max observed x X (default 2)")
+    p.add_argument("--write", action="store_true", help="write the proposal into the spec's "
+                   "defaults.tolerance, keeping comments and layout; the spec is validated")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the measurement and the "
+                   "proposal as JSON")
+    _golden_dir_arg(p)
+
+
+def cmd_localize(args) -> int:
+    from specengine.kinds.causal_lm.localize import cli_main
+
+    return cli_main(args, _specs)
+
+
+def cmd_calibrate(args) -> int:
+    from specengine.kinds.causal_lm.calibrate import cli_main
+
+    return cli_main(args, _specs)
+
+
+COMMANDS = {"validate": cmd_validate, "record-golden": cmd_record, "check": cmd_check,
+            "run": cmd_run, "report": cmd_report, "schema": cmd_schema, "init": cmd_init}
+COMMANDS.update({"localize": cmd_localize, "calibrate": cmd_calibrate})
+
+
+def cmd_backends(args) -> int:
+    from specengine.cli.backends_cmd import cli_main
+
+    return cli_main(args)
+
+
+COMMANDS["backends"] = cmd_backends
+
+
+if __name__ == "__main__":
+    entry()

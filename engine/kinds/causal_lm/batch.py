@@ -1,0 +1,141 @@
+"""Batch invariance (DESIGN §4.3): a case alone vs the same case inside a batch.
+
+For each size in `determinism.batch_sizes` larger than 1, the case runs in row 0 of a
+batch whose other rows are the spec's other cases, in spec order, cycling (the case
+itself is repeated only when the spec has no other case). Prompts of different lengths
+are left-padded by the backend, so the check covers padding, attention masks and the
+different kernel shapes a batch brings. The case's greedy tokens must be identical to
+its run alone, and its per-step top-k log-probs within `determinism.batch_atol`.
+
+The judging (`compare_in_batch`, `judge`) is pure; `batch_invariance_check` drives a
+backend and turns the verdict into a `Check` whose message names the first batch size
+and the first step that differ, and which deterministic settings were in force.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from specengine.results import FAIL, PASS, Check
+
+
+@dataclass
+class BatchDiff:
+    """The case inside one batch, against the case alone."""
+
+    batch_size: int
+    companions: list[str]               # ids of the cases in rows 1..
+    identical_tokens: bool
+    max_abs_dlogprob: float             # over the steps before the first token difference
+    first_diff_step: int | None         # first step whose token or log-probs differ
+    token_diff_step: int | None = None  # first step whose token differs
+    alone_token: int | None = None      # the tokens at that step (None: one side ended)
+    batched_token: int | None = None
+    passed: bool = True
+
+
+@dataclass
+class BatchInvariance:
+    passed: bool
+    atol: float
+    diffs: list[BatchDiff] = field(default_factory=list)
+
+    @property
+    def first_failure(self) -> BatchDiff | None:
+        return next((d for d in self.diffs if not d.passed), None)
+
+
+def companions(case_ids: Sequence[str], index: int, size: int) -> list[int]:
+    """Indices of the cases filling rows 1..size-1 around case `index` (pure)."""
+    others = [i for i in range(len(case_ids)) if i != index] or [index]
+    return [others[j % len(others)] for j in range(size - 1)]
+
+
+def compare_in_batch(alone_ids: Sequence[int], alone_lp: np.ndarray,
+                     batched_ids: Sequence[int], batched_lp: np.ndarray, atol: float,
+                     batch_size: int, companion_ids: Sequence[str] = ()) -> BatchDiff:
+    """Tokens must match; top-k log-probs must match within atol until they diverge."""
+    alone_ids, batched_ids = list(alone_ids), list(batched_ids)
+    n = min(len(alone_ids), len(batched_ids))
+    token_diff = next((i for i in range(n) if alone_ids[i] != batched_ids[i]), None)
+    if token_diff is None and len(alone_ids) != len(batched_ids):
+        token_diff = n
+    m = min(len(alone_lp), len(batched_lp), n if token_diff is None else token_diff + 1)
+    per_step = (np.abs(np.asarray(alone_lp[:m], np.float64) - np.asarray(batched_lp[:m], np.float64))
+                .max(axis=1) if m else np.zeros(0))
+    over = np.nonzero(per_step > atol)[0]
+    lp_diff = int(over[0]) if len(over) else None
+    steps = [s for s in (token_diff, lp_diff) if s is not None]
+    first = min(steps) if steps else None
+    diff = BatchDiff(batch_size, list(companion_ids), token_diff is None,
+                     float(per_step.max()) if m else 0.0, first, token_diff)
+    if token_diff is not None:
+        diff.alone_token = alone_ids[token_diff] if token_diff < len(alone_ids) else None
+        diff.batched_token = batched_ids[token_diff] if token_diff < len(batched_ids) else None
+    diff.passed = diff.identical_tokens and diff.max_abs_dlogprob <= atol
+    return diff
+
+
+def judge(diffs: list[BatchDiff], atol: float) -> BatchInvariance:
+    return BatchInvariance(all(d.passed for d in diffs), atol, diffs)
+
+
+def describe(result: BatchInvariance, settings: dict, token_text=None) -> str:
+    """One line for reports: the first failing batch and step, or the worst pass."""
+    shown = token_text or (lambda i: f"id {i}")
+    in_force = "; ".join(f"{k}={v}" for k, v in sorted(settings.items())
+                         if k != "device_map") or "none reported"
+    sizes = ", ".join(str(d.batch_size) for d in result.diffs)
+    bad = result.first_failure
+    if bad is None:
+        worst = max((d.max_abs_dlogprob for d in result.diffs), default=0.0)
+        return (f"identical tokens alone and at batch {sizes}; max |Δ logprob| {worst:.3g} "
+                f"≤ atol {result.atol:g} (deterministic settings: {in_force})")
+    where = f"batch {bad.batch_size} (row 0, with {', '.join(bad.companions)})"
+    if not bad.identical_tokens:
+        a = "end" if bad.alone_token is None else shown(bad.alone_token)
+        b = "end" if bad.batched_token is None else shown(bad.batched_token)
+        what = f"token differs at step {bad.token_diff_step}: alone {a}, in batch {b}"
+        if bad.first_diff_step != bad.token_diff_step:
+            what = (f"log-probs differ from step {bad.first_diff_step} "
+                    f"(max |Δ logprob| {bad.max_abs_dlogprob:.3g} > atol {result.atol:g}), "
+                    f"then the tokens at step {bad.token_diff_step}: alone {a}, in batch {b}")
+    else:
+        what = (f"log-probs differ at step {bad.first_diff_step}: max |Δ logprob| "
+                f"{bad.max_abs_dlogprob:.3g} > atol {result.atol:g} (tokens identical)")
+    return f"{where}: {what} (deterministic settings: {in_force})"
+
+
+def batch_invariance_check(session, case, prompt_ids: Sequence[int], alone) -> Check:
+    """Run the case inside batches of `case.determinism.batch_sizes` (> 1) and judge it."""
+    det = case.determinism
+    cases = list(session.spec.cases)
+    ids = [c.id for c in cases]
+    index = ids.index(case.id) if case.id in ids else 0
+    backend, tok = session.backend, session.tokenizer
+    diffs = []
+    for size in sorted({b for b in det.batch_sizes if b > 1}):
+        rows = companions(ids, index, size)
+        prompts = [list(prompt_ids)] + [session.prompt_ids(cases[i]) for i in rows]
+        batched = backend.generate(prompts, case.max_new_tokens, case.top_k, tok.stop_ids)[0]
+        diffs.append(compare_in_batch(alone.output_ids, alone.topk_logprobs, batched.output_ids,
+                                      batched.topk_logprobs, det.batch_atol, size,
+                                      [ids[i] for i in rows]))
+    result = judge(diffs, det.batch_atol)
+    settings = dict(backend.environment().get("settings", {}))
+
+    def token_text(i: int) -> str:
+        return f"{tok.token_strings([i])[0]!r} (id {i})"
+
+    bad = result.first_failure
+    metrics = {"batch_sizes": [d.batch_size for d in diffs], "atol": det.batch_atol,
+               "identical_tokens": all(d.identical_tokens for d in diffs),
+               "max_abs_dlogprob": max((d.max_abs_dlogprob for d in diffs), default=0.0),
+               "first_diff_batch_size": bad.batch_size if bad else None,
+               "first_diff_step": bad.first_diff_step if bad else None,
+               "per_batch_size": [asdict(d) for d in diffs], "settings": settings}
+    return Check("batch-invariance", PASS if result.passed else FAIL,
+                 describe(result, settings, token_text), metrics)

@@ -1,0 +1,163 @@
+"""Embedding goldens: golden/<spec>/<backend>.json, validated by
+schemas/embedding-golden.schema.json.
+
+Features are stored without pickle, compactly and reviewably. Each array is one JSON
+object:
+
+    {"shape": [4, 384], "dtype": "float32", "encoding": "base64-f32le",
+     "data": "<base64 of the float32 little-endian bytes, row-major>",
+     "sha256": "<sha256 of those bytes>",
+     "norms": [per-row L2 norms, 6 significant digits],
+     "preview": [the first 8 values of row 0, 6 significant digits]}
+
+`data` is the truth (exact float32, 4 bytes per value, +33% for base64); `norms` and
+`preview` exist so a git diff of a re-recorded golden says something to a reader. The
+golden as a whole has the same rules as text goldens (engine/golden.py): sorted keys,
+a content hash against hand edits (`content_sha256`), a per-case hash of the inputs,
+settings and model fingerprint against staleness, atomic writes, path confinement.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from specengine.errors import GoldenError
+from specengine.golden import Golden, content_hash
+
+EMBEDDING_GOLDEN_FORMAT = 1
+ENCODING = "base64-f32le"
+PREVIEW = 8
+
+
+def _sig(x: float, digits: int = 6) -> float:
+    return float(f"{float(x):.{digits}g}")
+
+
+def encode_array(array: np.ndarray, **extra) -> dict:
+    """A float array as a golden record (float32 little-endian, base64)."""
+    a = np.ascontiguousarray(np.asarray(array, dtype="<f4"))
+    raw = a.tobytes()
+    rows = a.reshape(-1, a.shape[-1]) if a.ndim >= 1 and a.size else a.reshape(1, -1)
+    record = {"shape": list(a.shape), "dtype": "float32", "encoding": ENCODING,
+              "data": base64.b64encode(raw).decode("ascii"),
+              "sha256": hashlib.sha256(raw).hexdigest(),
+              "norms": [_sig(n) for n in np.linalg.norm(rows.astype(np.float64), axis=-1)],
+              "preview": [_sig(v) for v in rows[0][:PREVIEW]] if rows.size else []}
+    record.update(extra)
+    return record
+
+
+def decode_array(record: dict, where: str) -> np.ndarray:
+    """The exact float32 array of a record; GoldenError when it does not add up."""
+    if record.get("encoding") != ENCODING or record.get("dtype") != "float32":
+        raise GoldenError(f"{where}: unknown array encoding {record.get('encoding')!r}")
+    try:
+        raw = base64.b64decode(record["data"].encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        raise GoldenError(f"{where}: array data is not valid base64") from None
+    if hashlib.sha256(raw).hexdigest() != record["sha256"]:
+        raise GoldenError(f"{where}: array data does not match its sha256 (corrupted or "
+                          "edited by hand); re-record with --update")
+    shape = tuple(int(s) for s in record["shape"])
+    if int(np.prod(shape)) * 4 != len(raw):
+        raise GoldenError(f"{where}: {len(raw)} bytes of data for shape {list(shape)}")
+    return np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
+
+
+def embedding_case_hash(inputs: dict, settings: dict, fingerprint: str) -> str:
+    """What a case's outputs depend on: the exact model inputs (token ids, or the pixel
+    tensor's sha256), the embedding settings, and the model fingerprint."""
+    payload = json.dumps({"inputs": inputs, "settings": settings, "model": fingerprint},
+                         sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def build_embedding_golden(spec_name: str, backend: str, fingerprint: str, source: str,
+                           environment: dict, settings: dict, cases: dict[str, dict]) -> dict:
+    data = {"format": EMBEDDING_GOLDEN_FORMAT, "spec": spec_name, "backend": backend,
+            "kind": "embedding", "model": {"fingerprint": fingerprint, "source": source},
+            "recorded_with": environment, "settings": settings, "cases": cases}
+    data = json.loads(json.dumps(data, sort_keys=True, ensure_ascii=False))
+    data["content_sha256"] = content_hash(data)
+    return data
+
+
+def load_embedding_golden(path: Path, spec_name: str | None = None) -> Golden:
+    """Read and verify an embedding golden; GoldenError (exit 2) naming the problem."""
+    from jsonschema import Draft202012Validator
+
+    from specengine.spec import schema
+
+    from specengine.fileio import read_golden_json
+
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise GoldenError(f"no golden at {path}: record it with "
+                          f"`specengine record-golden SPEC --backend {path.stem}`")
+    data = read_golden_json(path)
+    if not isinstance(data, dict):
+        raise GoldenError(f"golden {path} is corrupted (not a JSON object)")
+    if data.get("kind") != "embedding":
+        raise GoldenError(f"golden {path} is a {data.get('kind', 'causal-lm')!r} golden, not an "
+                          "embedding golden; re-record it with --update")
+    if data.get("format") != EMBEDDING_GOLDEN_FORMAT:
+        raise GoldenError(f"golden {path} has format {data.get('format')!r}; this specengine "
+                          f"reads format {EMBEDDING_GOLDEN_FORMAT} — re-record it with --update")
+    errors = sorted(Draft202012Validator(schema("embedding-golden")).iter_errors(data),
+                    key=lambda e: list(e.absolute_path))
+    if errors:
+        where = "/".join(str(p) for p in errors[0].absolute_path) or "top level"
+        raise GoldenError(f"golden {path} does not match the embedding golden schema at "
+                          f"{where}: {errors[0].message[:200]}")
+    if content_hash(data) != data["content_sha256"]:
+        raise GoldenError(f"golden {path} was edited by hand or corrupted: its content hash "
+                          "does not match (re-record it with --update)")
+    if spec_name is not None and data["spec"] != spec_name:
+        raise GoldenError(f"golden {path} belongs to spec '{data['spec']}', not '{spec_name}'")
+    return Golden(path, data)
+
+
+def case_outputs(golden: Golden, case_id: str) -> dict[str, np.ndarray]:
+    """The decoded output arrays of one case (pooled, last_hidden_state)."""
+    outputs = golden.cases[case_id]["outputs"]
+    return {name: decode_array(rec, f"golden {golden.path}: case '{case_id}' {name}")
+            for name, rec in outputs.items()}
+
+
+def describe_embedding_changes(old: dict, new: dict, limit: int = 40) -> list[str]:
+    """What re-recording changed, case by case, for the terminal."""
+    lines: list[str] = []
+    if old.get("model") != new.get("model"):
+        lines.append(f"  ~ model: {old.get('model')} -> {new.get('model')}")
+    if old.get("settings") != new.get("settings"):
+        lines.append(f"  ~ settings: {old.get('settings')} -> {new.get('settings')}")
+    old_cases, new_cases = old.get("cases", {}), new.get("cases", {})
+    for cid in sorted(set(old_cases) | set(new_cases)):
+        if cid not in old_cases:
+            lines.append(f"  + case {cid} (new)")
+        elif cid not in new_cases:
+            lines.append(f"  - case {cid} (removed)")
+        else:
+            a, b = old_cases[cid], new_cases[cid]
+            if a.get("hash") != b.get("hash"):
+                lines.append(f"  ~ case {cid}: inputs, settings or model changed (hash)")
+            for name in sorted(set(a.get("outputs", {})) | set(b.get("outputs", {}))):
+                ra, rb = a.get("outputs", {}).get(name), b.get("outputs", {}).get(name)
+                if ra is None or rb is None:
+                    lines.append(f"  ~ case {cid}: output {name} {'added' if ra is None else 'removed'}")
+                elif ra["sha256"] != rb["sha256"]:
+                    ga, gb = decode_array(ra, cid), decode_array(rb, cid)
+                    if ga.shape != gb.shape:
+                        lines.append(f"  ~ case {cid}: {name} shape {list(ga.shape)} -> {list(gb.shape)}")
+                    else:
+                        d = float(np.abs(ga.astype(np.float64) - gb).max()) if ga.size else 0.0
+                        lines.append(f"  ~ case {cid}: {name} changed (max |Δ| {d:.3g})")
+        if len(lines) >= limit:
+            lines.append("  … (more changes not shown)")
+            break
+    return lines or ["  (no change in outputs or hashes)"]
