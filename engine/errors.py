@@ -22,6 +22,9 @@ class SpecEngineError(Exception):
     """Base class. `exit_code` is what the command line returns for it."""
 
     exit_code = 2
+    # the run so far, when a run stops part-way (a backend out of memory): the CLI still
+    # writes the reports that were asked for from it
+    partial_run: object | None = None
 
     def one_line(self) -> str:
         """The message on one line, with control characters from hostile input (a spec
@@ -86,3 +89,9 @@ class OutputError(SpecEngineError):
         reason = exc.strerror or str(exc) or type(exc).__name__
         code = f" (errno {exc.errno})" if exc.errno else ""
         return cls(f"cannot write {path}: {reason}{code}; nothing was replaced")
+
+
+def brief(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (whitespace collapsed), at most `limit` characters:
+    how every runtime error is quoted in a one-line message."""
+    return " ".join(str(exc).split())[:limit]

@@ -192,7 +192,7 @@ class SpecFile(pytest.File):
         ids = {item.case.id for item in self.selected() if item.case is not None}
         cases = [c for c in self.spec.cases if c.id in ids] if self.spec.cases else None
         try:
-            from specengine.golden import default_golden_dir
+            from specengine.golden.store import default_golden_dir
 
             golden_dir = settings.golden_dir or default_golden_dir(self.spec.path)
             self.run = check_spec(self.spec, backend, golden_dir, settings.against,

@@ -79,6 +79,48 @@ class Side:
     quantization: dict[str, Any] | None = None   # declared weight/activation/KV formats
     modeling: dict[str, Any] = field(default_factory=dict)   # which modeling code ran
 
+    @classmethod
+    def of(cls, env: dict[str, Any], name: str, runtime: str, device: str, dtype: str,
+           quantization: dict | None = None, **model: Any) -> "Side":
+        """The one Side builder for a live backend: its `environment()` over what it was
+        asked to be (name, runtime, device, dtype), plus the model facts in `model`
+        (model_fingerprint, model_source, model_override, trust_remote_code)."""
+        return cls(backend=name, runtime=env.get("runtime", runtime),
+                   device=env.get("device", device), device_name=env.get("device_name", ""),
+                   dtype=env.get("dtype", dtype), versions=env.get("versions", {}),
+                   settings=env.get("settings", {}),
+                   quantization=env.get("quantization", quantization),
+                   modeling=env.get("modeling", {}), **model)
+
+    @classmethod
+    def from_golden(cls, data: dict) -> "Side":
+        """The recording side of a golden: its `recorded_with` and `model` entries."""
+        allowed = set(cls.__dataclass_fields__)
+        side = cls(**{k: v for k, v in dict(data.get("recorded_with", {})).items()
+                      if k in allowed})
+        model = data.get("model") or {}
+        side.model_fingerprint = model.get("fingerprint", side.model_fingerprint)
+        side.model_source = model.get("source", side.model_source)
+        return side
+
+    def recorded(self) -> dict[str, Any]:
+        """What a golden stores of the recording side (the model has its own entry)."""
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("model_fingerprint", "model_source")}
+
+
+def comparison_label(a: Side, b: Side) -> str:
+    """self-check: same runtime, device and dtype and model fingerprint (it shows
+    repeatability only); cross-model: only the weights differ; cross-backend otherwise."""
+    same = (a.runtime, a.device.split(":")[0], a.dtype) == (b.runtime, b.device.split(":")[0],
+                                                            b.dtype)
+    if not same:
+        return "cross-backend"
+    fingerprints = a.model_fingerprint, b.model_fingerprint
+    if all(fingerprints) and fingerprints[0] != fingerprints[1]:
+        return "cross-model"
+    return "self-check"
+
 
 @dataclass
 class RunResult:

@@ -210,7 +210,7 @@ def test_backends_probe_imports_no_runtime():
 # --- where goldens live --------------------------------------------------------------------
 
 def test_golden_dir_rule(tmp_path, monkeypatch):
-    from specengine.golden import default_golden_dir
+    from specengine.golden.store import default_golden_dir
 
     monkeypatch.delenv("SPECENGINE_GOLDEN_DIR", raising=False)
     repo = tmp_path / "repo"

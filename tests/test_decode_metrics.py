@@ -12,7 +12,7 @@ import pytest
 from specengine.compare import tokens as compare
 from specengine.compare.distribution import distribution, judge
 from specengine.results import Side
-from specengine.run import comparison_label
+from specengine.results import comparison_label
 from specengine.compare.tolerances import (DEFAULTS, FLOAT32, HALF, QUANTIZED, Tolerance, ToleranceSource,
                                    coarser, dtype_class)
 

@@ -219,7 +219,7 @@ cases:
     golden = json.loads((gdir / "smollm2-badref" / "cpu.json").read_text())
     assert golden["inconsistent_reference"] and "capital-fr" in golden["inconsistent_reference"][0]
     # the golden still loads and verifies (the field is part of its hashed content)
-    from specengine.golden import load_golden
+    from specengine.kinds.causal_lm.golden import load_golden
 
     assert load_golden(gdir / "smollm2-badref" / "cpu.json", "smollm2-badref").data[
         "inconsistent_reference"]

@@ -76,7 +76,7 @@ def test_array_encoding_round_trips_exactly_and_detects_edits():
 # -- pooling ---------------------------------------------------------------------------
 
 def test_pooling_modes():
-    from specengine.kinds.embedding import pool
+    from specengine.kinds.embedding.pooling import pool
 
     h = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
     mask = np.array([[1, 1, 0], [1, 1, 1]], bool)
@@ -89,7 +89,7 @@ def test_pooling_modes():
 
 
 def test_minilm_folder_says_mean_pooling_and_normalize():
-    from specengine.kinds.embedding import resolve_pooling, sentence_transformers_pooling
+    from specengine.kinds.embedding.pooling import resolve_pooling, sentence_transformers_pooling
     from specengine.loading.sources import resolve
 
     folder = resolve(load_spec(MINILM_SPEC).model).hf_dir
@@ -144,7 +144,7 @@ def test_embedding_spec_resolves(tmp_path):
 
 
 def test_synthetic_images_are_seeded_and_normalised(tmp_path):
-    from specengine.kinds.embedding import EmbeddingSettings
+    from specengine.spec import EmbeddingSettings
     from specengine.kinds.embedding.inputs import InputPreparer
 
     (tmp_path / "config.json").write_text(json.dumps({"image_size": 28, "num_channels": 3}))

@@ -409,7 +409,8 @@ def test_tampered_goldens_are_refused_cleanly(golden_setup, data):
     import json
 
     from specengine.errors import GoldenError
-    from specengine.golden import content_hash, dumps, load_golden
+    from specengine.golden.store import content_hash, dumps
+    from specengine.kinds.causal_lm.golden import load_golden
 
     spec, gdir, path, original = golden_setup
     target = path.parent / "tampered.json"
@@ -449,7 +450,7 @@ def test_check_against_tampered_goldens_exits_cleanly(golden_setup, tmp_path_fac
     exit 0/1 (judged), 2 (refused) or 3, with one line on error; never a traceback."""
     import json
 
-    from specengine.golden import content_hash, dumps
+    from specengine.golden.store import content_hash, dumps
 
     spec, _, path, original = golden_setup
     doc = json.loads(original)
@@ -621,9 +622,9 @@ def test_special_files_as_specs_and_goldens_are_one_line(special_files, name):
 
     from specengine.kinds.embedding.golden import load_embedding_golden
     from specengine.errors import GoldenError
-    from specengine.golden import load_golden
-    from specengine.kinds.ops import load_ops_golden
-    from specengine.kinds.causal_lm.perf import load_perf_golden
+    from specengine.kinds.causal_lm.golden import load_golden
+    from specengine.kinds.ops.run import load_ops_golden
+    from specengine.kinds.causal_lm.perf_gate import load_perf_golden
 
     path = special_files / name
     start = time.perf_counter()

@@ -6,8 +6,8 @@ import pytest
 
 from helpers import TINY_MODEL, assert_clean_error, cli, load_json, write_spec
 from specengine.errors import GoldenError, UsageError
-from specengine.golden import (build_golden, dumps, golden_path, load_golden,
-                               step_record, write_golden)
+from specengine.kinds.causal_lm.golden import build_golden, load_golden, step_record
+from specengine.golden.store import dumps, golden_path, write_golden
 
 TINY = """\
 # yaml-language-server: $schema=../schemas/spec.schema.json

@@ -23,7 +23,8 @@ import pytest
 
 from fault_backend import publish_figures, run_cli
 from helpers import CLI_MAIN, TINY_MODEL, REPO, cli, write_spec
-from specengine.golden import build_golden, dumps, load_golden, step_record
+from specengine.kinds.causal_lm.golden import build_golden, load_golden, step_record
+from specengine.golden.store import dumps
 
 FIGURES: dict = {}
 KILL_TRIALS = int(os.environ.get("SPECENGINE_KILL_TRIALS", "6"))   # 3 per signal
@@ -211,7 +212,7 @@ def test_killed_record_golden_never_leaves_a_broken_golden(concurrent_record, tm
 
 WRITER = """\
 import json, sys
-from specengine.golden import write_golden
+from specengine.golden.store import write_golden
 a, b = json.load(open(sys.argv[1]))
 path = sys.argv[2]
 print("ready", flush=True)

@@ -14,7 +14,8 @@ import pytest
 
 from fault_backend import publish_figures, run_cli
 from helpers import TINY_MODEL, assert_clean_error, cli, write_spec
-from specengine.golden import build_golden, golden_path, load_golden, write_golden
+from specengine.kinds.causal_lm.golden import build_golden, load_golden
+from specengine.golden.store import golden_path, write_golden
 from specengine.spec import load_spec
 
 FIGURES: dict = {}

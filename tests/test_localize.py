@@ -15,10 +15,13 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from helpers import REPO, cli, flip_o_proj, load_json, perturb_model, write_spec
-from specengine.kinds.causal_lm import localize as L
+from specengine.compare import layers as L
+from specengine.kinds.causal_lm import layers as LC
+from specengine.kinds.causal_lm import localize as LZ
 from specengine.compare import sketch as S
 from specengine.errors import GoldenError
-from specengine.golden import build_golden, dumps, load_golden, write_golden
+from specengine.kinds.causal_lm.golden import build_golden, load_golden
+from specengine.golden.store import dumps, write_golden
 from specengine.spec import schema
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -294,7 +297,7 @@ def test_capture_names_every_layer_and_the_final_norm(tiny):
     session = open_session(load_spec(spec), "cpu")
     try:
         ids = [1, 75, 104, 111, 111, 114]
-        names, states = L.capture(session.backend, ids)
+        names, states = LC.capture(session.backend, ids)
         model = session.backend.model
         assert names == L.layer_names(6) and len(states) == 8
         with torch.no_grad():
@@ -346,8 +349,8 @@ def test_golden_sketch_check_localize_and_localize_on_tiny_model(tiny, tmp_path)
     # localize against a live reference, in process
     from specengine.spec import load_spec
 
-    (loc,) = L.localize_spec(load_spec(spec), ["hello"], "flipped-bf16", "cpu", gdir)
-    assert (loc.mode, loc.first_flagged_name) == ("full", "layer.2"), L.render_text(loc)
+    (loc,) = LZ.localize_spec(load_spec(spec), ["hello"], "flipped-bf16", "cpu", gdir)
+    assert (loc.mode, loc.first_flagged_name) == ("full", "layer.2"), LZ.render_text(loc)
     assert loc.floor == pytest.approx(25 / 256)
     # the good model: nothing flagged, exit 0
     ok = cli("localize", spec, "--backend", "cpu", "--golden-dir", gdir, "--case", "fox")
@@ -412,7 +415,7 @@ def test_committed_golden_carries_layer_sketches():
     for cid, case in golden.cases.items():
         sketch = case["sketch"]
         assert [layer["name"] for layer in sketch["layers"]] == L.layer_names(30), cid
-        assert sketch["length"] == len(L.teacher_forced_ids(case)), cid
+        assert sketch["length"] == len(LC.teacher_forced_ids(case)), cid
 
 
 def test_localize_names_the_flipped_layer_on_smollm2(smol):
@@ -420,7 +423,7 @@ def test_localize_names_the_flipped_layer_on_smollm2(smol):
     from specengine.loading.session import open_session
     from specengine.spec import load_spec
 
-    from specengine.run import _check_staleness
+    from specengine.kinds.causal_lm.check import check_staleness as _check_staleness
 
     spec_path, gdir = smol
     spec = load_spec(spec_path)
@@ -429,7 +432,7 @@ def test_localize_names_the_flipped_layer_on_smollm2(smol):
     golden.data["cases"] = {c.id: golden.cases[c.id] for c in spec.cases}
     ref = open_session(spec, "cpu")
     try:
-        ref_states = {cid: L.capture(ref.backend, L.teacher_forced_ids(rec))
+        ref_states = {cid: LC.capture(ref.backend, LC.teacher_forced_ids(rec))
                       for cid, rec in golden.cases.items()}
     finally:
         ref.close()
@@ -441,9 +444,9 @@ def test_localize_names_the_flipped_layer_on_smollm2(smol):
             for cid, record in golden.cases.items():
                 kw = dict(candidate=backend, reference="cpu",
                           dtypes=(cand.config.dtype, "float32"))
-                live = L.localize_record(cand.backend, record, cid,
+                live = LC.localize_record(cand.backend, record, cid,
                                          ref_states=ref_states[cid], **kw)
-                alone = L.localize_record(cand.backend, record, cid, **kw)
+                alone = LC.localize_record(cand.backend, record, cid, **kw)
                 found[backend, cid] = (live.first_flagged_name, alone.first_flagged_name)
                 for a, b in zip(live.layers, alone.layers):
                     tracking.append((a.rel_err, b.rel_err, 1 - a.cosine, 1 - b.cosine))

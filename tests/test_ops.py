@@ -90,7 +90,8 @@ SMALL = [
 
 @pytest.mark.parametrize("op,shape,params", SMALL, ids=[f"{o}-{i}" for i, (o, _, _) in enumerate(SMALL)])
 def test_float64_oracle_matches_numpy(op, shape, params):
-    from specengine.kinds.ops import OpCase, OpTolerance, run_oracle
+    from specengine.spec import OpCase, OpTolerance
+    from specengine.kinds.ops.runner import run_oracle
     from specengine.spec.ops_catalog import OPS, draw_inputs, resolve_dims, resolve_params
 
     dims, _ = resolve_dims(OPS[op], shape)
@@ -105,7 +106,8 @@ def test_float64_oracle_matches_numpy(op, shape, params):
 
 
 def test_routing_oracle_matches_numpy():
-    from specengine.kinds.ops import OpCase, OpTolerance, run_oracle
+    from specengine.spec import OpCase, OpTolerance
+    from specengine.kinds.ops.runner import run_oracle
     from specengine.spec.ops_catalog import OPS, draw_inputs, resolve_dims, resolve_params
 
     op = OPS["moe_topk_routing"]
@@ -141,7 +143,7 @@ def test_dtype_error_ratio_is_about_one_for_a_correctly_rounded_result():
 
 
 def test_routing_near_tie_rule():
-    from specengine.kinds.ops import compare_routing
+    from specengine.kinds.ops.checks import compare_routing
 
     ref_ids = np.array([[0, 1], [0, 1], [0, 1]])
     cand_ids = np.array([[0, 1], [0, 2], [0, 3]])

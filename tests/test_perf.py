@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from specengine.errors import GoldenError, UsageError
-from specengine.kinds.causal_lm.perf import (BatchSamples, PerfSettings, device_class, judge_budgets,
-                             judge_regression, load_perf_golden, measure, perf_golden_path,
-                             perf_prompts, relative_iqr, slowdown, summarise)
+from specengine.kinds.causal_lm.perf import (BatchSamples, PerfSettings, device_class,
+                                             judge_budgets, judge_regression, measure,
+                                             perf_prompts, relative_iqr, slowdown, summarise)
+from specengine.kinds.causal_lm.perf_gate import load_perf_golden, perf_golden_path
 
 TESTS = Path(__file__).resolve().parent
 

@@ -288,7 +288,7 @@ def test_special_files_on_the_command_line(special_files):
 
 
 def test_a_growing_file_is_read_no_further_than_the_limit(tmp_path):
-    from specengine.fileio import FileRefused, read_limited
+    from specengine.files import FileRefused, read_limited
 
     path = tmp_path / "f"
     path.write_bytes(b"x" * 100)
@@ -351,7 +351,7 @@ def test_every_yaml_error_has_line_and_column(text, line, col, fragment):
 # -- 8. goldens -----------------------------------------------------------------------
 
 def _golden_data():
-    from specengine.golden import build_golden, step_record
+    from specengine.kinds.causal_lm.golden import build_golden, step_record
 
     step = step_record([5, 3], [-0.1, -2.5], -3.0)
     cases = {"a": {"hash": "0" * 64, "prompt": "p", "prompt_ids": [1, 2], "output_ids": [5],
@@ -360,7 +360,8 @@ def _golden_data():
 
 
 def test_golden_with_a_key_twice_is_refused(tmp_path):
-    from specengine.golden import dumps, load_golden
+    from specengine.golden.store import dumps
+    from specengine.kinds.causal_lm.golden import load_golden
 
     text = dumps(_golden_data())
     doubled = text.replace('"cases": {', '"cases": {}, "cases": {', 1)
@@ -373,8 +374,9 @@ def test_golden_with_a_key_twice_is_refused(tmp_path):
 
 
 def test_golden_size_cap_symlink_loop_and_special_files(tmp_path, monkeypatch):
-    from specengine import fileio
-    from specengine.golden import load_golden, write_golden
+    from specengine import files as fileio
+    from specengine.kinds.causal_lm.golden import load_golden
+    from specengine.golden.store import write_golden
 
     path = tmp_path / "demo" / "cpu.json"
     write_golden(path, _golden_data())
@@ -399,7 +401,7 @@ def test_golden_size_cap_symlink_loop_and_special_files(tmp_path, monkeypatch):
 def test_all_minus_inf_golden_is_refused_without_numpy_warnings(tmp_path):
     """A golden whose log-probabilities are all -inf (JSON -Infinity, hash recomputed)
     is refused as corrupted; run under -W error, so a numpy warning fails the test."""
-    from specengine.golden import content_hash, dumps
+    from specengine.golden.store import content_hash, dumps
 
     data = _golden_data()
     data["cases"]["a"]["steps"][0]["logprobs"] = [float("-inf")] * 2
@@ -407,7 +409,7 @@ def test_all_minus_inf_golden_is_refused_without_numpy_warnings(tmp_path):
     path = tmp_path / "demo" / "cpu.json"
     path.parent.mkdir()
     path.write_text(dumps(data))
-    code = ("import sys; from specengine.golden import load_golden\n"
+    code = ("import sys; from specengine.kinds.causal_lm.golden import load_golden\n"
             "from specengine.errors import GoldenError\n"
             "try:\n    load_golden(sys.argv[1], 'demo')\n"
             "except GoldenError as e:\n    print(e.one_line()); sys.exit(2)\n")
@@ -420,7 +422,7 @@ def test_all_minus_inf_golden_is_refused_without_numpy_warnings(tmp_path):
 # -- 9. full disk ----------------------------------------------------------------------
 
 def test_full_disk_while_writing_a_golden_keeps_the_old_one(tmp_path, monkeypatch):
-    from specengine.golden import write_golden
+    from specengine.golden.store import write_golden
 
     path = tmp_path / "demo" / "cpu.json"
     write_golden(path, _golden_data())

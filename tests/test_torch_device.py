@@ -224,12 +224,12 @@ def test_the_npu_layer_without_torch_npu(monkeypatch):
 
 
 def test_perf_names_the_allocator_call():
-    from specengine.kinds.causal_lm.perf import _PeakMemory
+    from specengine.kinds.timing import PeakMemory
 
     backend = SimpleNamespace(config=SimpleNamespace(device="cuda"),
                               peak_memory_source=lambda: "torch.accelerator.max_memory_allocated",
                               reset_peak_memory=lambda: None, peak_memory_bytes=lambda: 7)
-    memory = _PeakMemory(backend)
+    memory = PeakMemory(backend)
     assert memory.kind == ("device allocator peak (torch.accelerator.max_memory_allocated, "
                            "reset per batch size)")
     memory.reset()

@@ -198,17 +198,12 @@ def cmd_validate(args) -> int:
 
 
 def cmd_record(args) -> int:
-    from specengine.golden import default_golden_dir
-    from specengine.run import record_golden
+    from specengine.golden.store import default_golden_dir
+    from specengine.run import record_golden, record_perf_golden
 
     for spec in _specs(args.specs):
         golden_dir = args.golden_dir or default_golden_dir(spec.path)
         if args.perf:
-            if spec.kind != "causal-lm":
-                raise UsageError(f"{spec.path}: perf goldens are for causal-lm specs; an "
-                                 f"{spec.kind} spec's perf is measured by `check --perf`")
-            from specengine.kinds.causal_lm.perf import record_perf_golden
-
             path = record_perf_golden(spec, args.backend or spec.reference, golden_dir, args.update)
             print(f"recorded perf golden {printable(path)}")
             continue
@@ -224,7 +219,7 @@ def cmd_record(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from specengine.golden import default_golden_dir
+    from specengine.golden.store import default_golden_dir
     from specengine.run import check_spec, select_cases
 
     from specengine.cli.checkall import each_spec
@@ -244,7 +239,7 @@ def cmd_check(args) -> int:
 
 def cmd_run(args) -> int:
     """Record the reference golden where it is missing, check, write every report."""
-    from specengine.golden import default_golden_dir, golden_path
+    from specengine.golden.store import default_golden_dir, golden_path
     from specengine.run import check_spec, record_golden, select_cases
 
     from specengine.cli.checkall import each_spec

@@ -84,7 +84,7 @@ def each_spec(targets: list[str], backend: str, command: str,
             run = run_one(spec)
         except SpecEngineError as exc:
             print(f"specengine: {exc.one_line()}", file=sys.stderr, flush=True)
-            partial = getattr(exc, "partial_run", None)
+            partial = exc.partial_run
             runs.append(partial if partial is not None else
                         error_run(path, spec, backend, command, exc))
             worst = max(worst, exc.exit_code)

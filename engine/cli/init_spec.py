@@ -239,7 +239,7 @@ def _embedding_body() -> list[str]:
 def init_spec(model_dir: str | os.PathLike, output: str | os.PathLike | None = None,
               name: str | None = None, force: bool = False):
     """Write the starter spec; returns (path, the loaded Spec)."""
-    from specengine.report.files import atomic_write
+    from specengine.files import atomic_write_text
     from specengine.spec import parse_spec
 
     info = ModelInfo(Path(model_dir))
@@ -256,5 +256,5 @@ def init_spec(model_dir: str | os.PathLike, output: str | os.PathLike | None = N
         raise UsageError(f"{path}: a spec file ends in .yaml or .yml")
     text = render(info, name, path)
     spec = parse_spec(text, str(path), base_dir=path.parent)   # SpecError (exit 2) if not
-    atomic_write(path, text)
+    atomic_write_text(path, text)
     return path, spec

@@ -20,7 +20,8 @@ def _schema_errors(located) -> list[SpecError]:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
-    from specengine.spec import _error_rank, _schema_error, check_numbers, schema
+    from specengine.spec.checks import check_numbers
+    from specengine.spec.load import error_rank, schema, schema_error
 
     try:
         check_numbers(located)
@@ -33,7 +34,7 @@ def _schema_errors(located) -> list[SpecError]:
         if where in seen:
             continue
         seen.add(where)
-        out.append(_schema_error(located, best_match([error], key=_error_rank)))
+        out.append(schema_error(located, best_match([error], key=error_rank)))
     return sorted(out, key=_position)
 
 
@@ -76,7 +77,7 @@ def _only_case(located, index: int):
 
 def spec_errors(path: str | Path) -> list[SpecEngineError]:
     """Every error of one spec file (empty when it loads)."""
-    from specengine.spec import _build, load_spec
+    from specengine.spec.load import build_spec, load_spec
     from specengine.spec.yamlio import load_yaml
 
     try:
@@ -84,7 +85,7 @@ def spec_errors(path: str | Path) -> list[SpecEngineError]:
         return []
     except SpecEngineError as first:
         failure = first
-    from specengine.fileio import FileRefused, read_limited
+    from specengine.files import FileRefused, read_limited
     from specengine.spec import MAX_SPEC_BYTES
 
     try:                                 # regular files only, read within the size limit
@@ -100,7 +101,7 @@ def spec_errors(path: str | Path) -> list[SpecEngineError]:
     base = Path(path).parent
     for index in range(len(cases or [])):
         try:
-            _build(_only_case(located, index), Path(str(path)), base)
+            build_spec(_only_case(located, index), Path(str(path)), base)
         except SpecEngineError as exc:
             errors.append(exc)
     errors += _duplicate_ids(located)

@@ -1,15 +1,16 @@
-"""A loaded backend for one spec: the backend, its model source, the tokenizer, and how
-each case turns into prompt ids."""
+"""The one Session: a backend created through the registry and loaded with its model
+source, for one spec (every kind), with the spec's tokenizer where the kind has prompts,
+and how each causal-lm case turns into prompt ids."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from specengine.backends.base import Backend, BackendConfig
 from specengine.backends.registry import config_for, create
+from specengine.files import read_json
 
-from specengine.errors import BackendCrashed, SpecEngineError
 from specengine.results import Side
 from specengine.loading.sources import ResolvedSource, resolve
 from specengine.spec import Case, ModelSpec, Spec
@@ -28,9 +29,10 @@ class Session:
     spec: Spec
     config: BackendConfig
     backend: Backend
-    resolved: ResolvedSource
-    tokenizer: Tokenizer
+    resolved: ResolvedSource | None   # None: a backend without a model (operator specs)
+    tokenizer: Tokenizer | None       # None: kinds without prompts (embedding, ops)
     model_override: bool
+    context_limit: int | None = None  # max_position_embeddings of the model's config
 
     def prompt_text(self, case: Case) -> str:
         return prompt_text_for(self.tokenizer, case)
@@ -39,16 +41,13 @@ class Session:
         return prompt_ids_for(self.tokenizer, case)
 
     def side(self) -> Side:
-        env: dict[str, Any] = self.backend.environment()
-        return Side(backend=self.config.name, runtime=env.get("runtime", self.config.runtime),
-                    device=env.get("device", self.config.device),
-                    device_name=env.get("device_name", ""), dtype=env.get("dtype", self.config.dtype),
-                    versions=env.get("versions", {}), model_fingerprint=self.resolved.fingerprint,
-                    model_source=self.resolved.origin, model_override=self.model_override,
-                    trust_remote_code=self.resolved.spec.trust_remote_code,
-                    settings=env.get("settings", {}),
-                    quantization=env.get("quantization", self.config.quantization),
-                    modeling=env.get("modeling", {}))
+        model = {}
+        if self.resolved is not None:
+            model = dict(model_fingerprint=self.resolved.fingerprint,
+                         model_source=self.resolved.origin, model_override=self.model_override,
+                         trust_remote_code=self.resolved.spec.trust_remote_code)
+        return Side.of(self.backend.environment(), self.config.name, self.config.runtime,
+                       self.config.device, self.config.dtype, self.config.quantization, **model)
 
     def close(self) -> None:
         self.backend.close()
@@ -83,25 +82,42 @@ def prompt_text_for(tokenizer: Tokenizer, case: Case) -> str:
     return tokenizer.render_chat(case.messages, case.chat_template_kwargs)
 
 
-def open_session(spec: Spec, backend_name: str) -> Session:
-    """Create the backend (exit 3 if unavailable), resolve its model (exit 2 if missing),
-    load it, and load the tokenizer of the spec's model."""
+def open_session(spec: Spec, backend_name: str, model_kind: str | None = None,
+                 load_model: bool = True, tokenizer: bool = True) -> Session:
+    """Create the backend through the registry (exit 3 if unavailable), resolve its model
+    (exit 2 if missing) as a `model_kind` model when given, load it (a runtime's failure
+    is exit 3, converted by the backend base class), and load the tokenizer of the spec's
+    model when `tokenizer`. Without `load_model` the backend runs no model (ops)."""
     from specengine.progress import step
 
     config = config_for(backend_name, spec.backends)
+    if not load_model:
+        return Session(spec, config, create(config), None, None, False)
     model, override = model_for(spec, config.name)
+    if model_kind and model.kind != model_kind:   # a backend's override is the spec's kind
+        model = replace(model, kind=model_kind)
     resolved = resolve(model)
-    backend = create(config)
+    backend = create(config, model_kind)
+    tok = None
+    if tokenizer or backend.wants_tokenizer:
+        tok = load_tokenizer(resolved if not override else resolve(spec.model))
+        if backend.wants_tokenizer:
+            backend.use_tokenizer(tok if not override else load_tokenizer(resolved))
     with step(f"loading {resolved.origin} on {config.name}"):
-        try:
-            backend.load(resolved)
-        except SpecEngineError:
-            raise
-        except Exception as exc:  # a runtime's own error: exit 3 with its message
-            raise BackendCrashed(f"backend '{config.name}' could not load {resolved.origin}: "
-                                 f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
-    tokenizer = load_tokenizer(resolved if not override else resolve(spec.model))
-    return Session(spec, config, backend, resolved, tokenizer, override)
+        backend.load(resolved)
+    return Session(spec, config, backend, resolved, tok if tokenizer else None, override,
+                   context_limit(resolved))
+
+
+def context_limit(resolved: ResolvedSource) -> int | None:
+    """max_position_embeddings (or n_positions) of the model's config.json, if it has one."""
+    hf_dir = getattr(resolved, "hf_dir", None)
+    config = read_json(Path(hf_dir) / "config.json") if hf_dir else None
+    for cfg in (config or {}, (config or {}).get("text_config") or {}):
+        value = cfg.get("max_position_embeddings") or cfg.get("n_positions")
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def reference_source(spec: Spec, backend_name: str) -> ResolvedSource:

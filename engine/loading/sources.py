@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from specengine.files import atomic_write_text, building_dir, cache_dir, read_json
+from specengine.files import offline, atomic_write_text, building_dir, cache_dir, read_json
 from specengine.errors import ModelSourceError
 from specengine.progress import step
 from specengine.loading.provenance import portable_path, spec_file_of
@@ -209,13 +209,6 @@ def build_synthetic(model: ModelSpec, out: Path) -> None:
 def _first_line(exc: Exception) -> str:
     """An exception's message in one line of at most 300 characters."""
     return " ".join(str(exc).split())[:300]
-
-
-def offline() -> None:
-    """Make sure no hub is ever contacted from this process."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 def file_sha256(path: Path) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from specengine.errors import ModelSourceError
+from specengine.errors import ModelSourceError, brief
 
 
 class Tokenizer:
@@ -77,7 +77,7 @@ class BytesTokenizer(Tokenizer):
 
 class HFTokenizer(Tokenizer):
     def __init__(self, folder: Path, trust_remote_code: bool = False):
-        from specengine.loading.sources import offline
+        from specengine.files import offline
 
         offline()
         from transformers import AutoTokenizer
@@ -87,7 +87,7 @@ class HFTokenizer(Tokenizer):
                                                      trust_remote_code=trust_remote_code)
         except Exception as exc:
             raise ModelSourceError(f"cannot load the tokenizer from {folder}: "
-                                   f"{' '.join(str(exc).split())[:300]}") from None
+                                   f"{brief(exc)}") from None
         self.stop_ids = _stop_ids(self.tok, folder)
 
     def encode(self, text: str) -> list[int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+from specengine.files import atomic_write_text
 from pathlib import Path
 from typing import Any
 
@@ -54,39 +54,6 @@ def dump_results(runs: list[RunResult]) -> str:
     return text + "\n"
 
 
-def atomic_write(path: PathLike, text: str) -> None:
-    """Write `text` as UTF-8 to a temp file in the target's folder, then rename it over
-    the target: readers see the old file or the new one, never half of one."""
-    target = Path(path)
-    data = text.encode("utf-8", errors="backslashreplace")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise OutputError.writing(target, exc) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise OutputError.writing(target, exc) from None
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_reports(runs: list[RunResult], *, json_path: PathLike | None = None,
                   markdown: PathLike | None = None, html: PathLike | None = None,
                   junit: PathLike | None = None) -> None:
@@ -101,7 +68,7 @@ def write_reports(runs: list[RunResult], *, json_path: PathLike | None = None,
     failed: list[OutputError] = []
     for path, text in rendered:       # one report that cannot be written stops no other
         try:
-            atomic_write(path, text)
+            atomic_write_text(path, text)
         except OutputError as exc:
             failed.append(exc)
     if failed:

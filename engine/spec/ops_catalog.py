@@ -13,7 +13,6 @@ receive the torch module as an argument.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 

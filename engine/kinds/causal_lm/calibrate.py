@@ -220,9 +220,10 @@ def measure(spec: Spec, backend: str, against: str | None, golden_dir: Path | No
             case_ids: list[str] | None = None, headroom: float = HEADROOM) -> Calibration:
     """Run the good pair once (no repeats, no batches) and propose tolerances."""
     from specengine.errors import UsageError
-    from specengine.run import check_spec, select_cases
+    from specengine.kinds.base import select_cases
+    from specengine.kinds.causal_lm.check import check_spec
 
-    if getattr(spec, "kind", "causal-lm") != "causal-lm":
+    if spec.kind != "causal-lm":
         raise UsageError(f"{spec.path}: calibrate proposes causal-lm tolerances (this spec is "
                          f"kind: {spec.kind})")
     cases = [replace(c, determinism=replace(c.determinism, runs=1, batch_sizes=()))
@@ -362,8 +363,8 @@ def cli_main(args: Any, load_specs: Any) -> int:
     --write put the proposal into the spec (comments kept, validated). Exit 0."""
     import json
 
-    from specengine.golden import default_golden_dir
-    from specengine.report.files import atomic_write as atomic_write_text
+    from specengine.golden.store import default_golden_dir
+    from specengine.files import atomic_write_text
 
     spec = load_specs([args.spec])[0]
     cal = measure(spec, args.backend, args.against, args.golden_dir or default_golden_dir(spec.path),

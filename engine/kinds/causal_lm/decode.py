@@ -89,7 +89,7 @@ def decode_rows(backend, prompt_ids: list[int], golden_out: list[int], g_ids: np
                           "the runtime returned no log-probs for its generated tokens")
     forced_from = None
     if usable < total:
-        if getattr(backend, "supports_incremental", False):
+        if backend.supports_incremental:
             forced = backend.score_incremental(prompt_ids, golden_out, g_ids, top_k,
                                                start=usable)
             forced_from = usable
@@ -98,7 +98,7 @@ def decode_rows(backend, prompt_ids: list[int], golden_out: list[int], g_ids: np
             top1 = np.concatenate([top1, forced.top_ids[:, 0]])
             usable = total
         else:
-            reason = (getattr(backend, "unsupported", {}) or {}).get("incremental") or \
+            reason = backend.unsupported.get("incremental") or \
                 "the runtime cannot be fed the golden's tokens through its KV cache"
             notes.append(f"steps {usable}…{total - 1} not compared: {reason}")
     return DecodeRows(np.asarray(lp, np.float32), np.asarray(tail, np.float32),
@@ -155,7 +155,7 @@ def generation_consistency(backend, prompt_ids: list[int], gen, top_k: int,
     """A backend's own generation (decode path, its own top-k) against its one-pass
     scores of the same continuation, at the generation's top-k ids. None when the backend
     cannot score or returned no log-probs."""
-    if not gen.has_logprobs or not len(gen.output_ids) or not getattr(backend, "supports_scoring", True):
+    if not gen.has_logprobs or not len(gen.output_ids) or not backend.supports_scoring:
         return None
     n = len(gen.output_ids)
     ids = np.asarray(gen.topk_ids[:n], dtype=np.int64)

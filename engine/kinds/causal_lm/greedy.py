@@ -66,11 +66,11 @@ def greedy_check(backend: Any, gen: Any, token_text) -> Check | None:
     """The `greedy` check of one generation, for runtimes that say why they might not be
     greedy (`backend.greedy_causes`); None for the others (greedy by construction).
     `token_text(id) -> str` shows a token."""
-    causes = getattr(backend, "greedy_causes", None)
+    causes = backend.greedy_causes
     if not causes:
         return None
     if not gen.has_logprobs:
-        why = getattr(backend, "unsupported", {}).get("logprobs", "no log-probs")
+        why = backend.unsupported.get("logprobs", "no log-probs")
         return Check("greedy", NOT_RUN, f"needs the server's log-probs: {why}")
     res = greedy_steps(gen.output_ids, gen.topk_ids, gen.topk_logprobs)
     metrics: dict[str, Any] = {"steps": res.steps, "violations": res.violations}

@@ -20,8 +20,8 @@ import numpy as np
 
 from specengine.compare import tokens as compare
 from specengine.kinds.causal_lm.decode import clear_of_ties
-from specengine.kinds.causal_lm.localize import (GROWTH, Localization, capture, default_floor,
-    localize_states)
+from specengine.compare.layers import GROWTH, Localization, default_floor, localize_states
+from specengine.kinds.causal_lm.layers import capture
 from specengine.compare.tolerances import DEFAULTS, dtype_class
 
 
@@ -67,7 +67,7 @@ def localize_decode_record(backend: Any, record: dict, case_id: str, *, candidat
     """Localize one case's decode path on a loaded candidate (see the module docstring)."""
     from specengine.errors import BackendUnavailable
 
-    if not getattr(backend, "supports_incremental", False):
+    if not backend.supports_incremental:
         raise BackendUnavailable(f"backend '{candidate}' cannot be fed tokens through its KV "
                                  "cache, so its decode path cannot be localized")
     floor = default_floor(dtype) if floor is None else float(floor)

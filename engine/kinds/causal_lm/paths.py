@@ -12,7 +12,7 @@ import numpy as np
 from specengine.compare import tokens as compare
 from specengine.kinds.causal_lm import decode
 from specengine.errors import SpecEngineError
-from specengine.golden import step_record
+from specengine.kinds.causal_lm.golden import step_record
 from specengine.results import FAIL, NOT_RUN, PASS, CaseResult, Check, Side
 from specengine.loading.session import Session
 from specengine.spec import Case
@@ -46,7 +46,7 @@ def prompt_check(session: Session, case: Case, record: dict, result: CaseResult,
     if not stored:
         return
     backend = session.backend
-    if not getattr(backend, "supports_positions", False):
+    if not backend.supports_positions:
         result.checks.append(Check("prompt-positions", NOT_RUN, f"backend '{backend.name}' "
                                    "cannot score chosen prompt positions"))
         return
@@ -194,5 +194,38 @@ def decode_checks(session: Session, case: Case, record: dict, gen, div_step: int
 
 
 def unsupported(backend, what: str) -> str:
-    reasons = getattr(backend, "unsupported", {}) or {}
+    reasons = backend.unsupported
     return reasons.get(what) or reasons.get("logprobs") or f"backend '{backend.name}' returned none"
+
+
+def determinism_checks(result: CaseResult, case: Case, gen, repeat: Callable[[], object],
+                       backend) -> None:
+    """`determinism.runs`: the case again, `runs - 1` times (`repeat`), against run 1."""
+    det = case.determinism
+    reps, tokens_only = [], not gen.has_logprobs
+    for run_no in range(2, det.runs + 1):
+        again = repeat()
+        tokens_only = tokens_only or not again.has_logprobs
+        reps.append(compare.repeatability(gen.output_ids, _lp_or_none(gen), again.output_ids,
+                                          _lp_or_none(again), det.atol, f"run {run_no}",
+                                          det.runs))
+    failing = [r for r in reps if not r.passed]
+    worst = failing[0] if failing else max(reps, key=lambda r: r.max_abs_dlogprob)
+    message = (f"{det.runs} runs gave identical tokens (log-probs not compared)"
+               if worst.passed and tokens_only else
+               f"{det.runs} runs identical within atol {det.atol:g}" if worst.passed else
+               f"{worst.where} differs from run 1 at step {worst.first_diff_step} (tokens "
+               f"identical: {worst.identical_tokens}, max |Δ logprob| "
+               f"{worst.max_abs_dlogprob:.3g}, atol {det.atol:g})")
+    result.checks.append(Check(
+        "determinism", PASS if worst.passed else FAIL, message,
+        {"runs": det.runs, "identical_tokens": worst.identical_tokens,
+         "max_abs_dlogprob": worst.max_abs_dlogprob, "atol": det.atol}))
+    if tokens_only:
+        result.checks.append(Check("determinism.logprobs", NOT_RUN,
+                                   f"needs log-probs: {unsupported(backend, 'logprobs')}"))
+
+
+def _lp_or_none(gen) -> np.ndarray:
+    """The generation's top-k log-probs, or no rows when it has none (tokens only)."""
+    return gen.topk_logprobs if gen.has_logprobs else np.zeros((0, 1), np.float32)

@@ -39,22 +39,19 @@ the limit, so noise alone does not fail a clean change.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from specengine.errors import GoldenError, UsageError
+from specengine.errors import UsageError
+from specengine.kinds.timing import PeakMemory, percentiles, relative_iqr
 
 PERF_GOLDEN_FORMAT = 1
-PASS, FAIL, ERROR, MEASURED = "pass", "fail", "error", "measured"
+MEASURED = "measured"   # a perf section with nothing to judge against
 GIB = float(1 << 30)
-PERCENTILES = (50, 90, 99)
 
 
 # -- settings ------------------------------------------------------------------------
@@ -149,82 +146,22 @@ def perf_prompts(streams: Sequence[Sequence[int]], batch_size: int,
     return rows
 
 
-class _PeakMemory:
-    """Peak memory of one batch size: allocator peak on accelerators, host RSS on CPU."""
-
-    def __init__(self, backend):
-        self.backend = backend
-        self.host = str(getattr(backend.config, "device", "cpu")).split(":")[0] == "cpu"
-        self.resettable = self.host and _clear_host_peak()
-        if not self.host:
-            source = getattr(backend, "peak_memory_source", None)
-            where = f"{source()}, " if callable(source) else ""
-            self.kind = f"device allocator peak ({where}reset per batch size)"
-        elif self.resettable:
-            self.kind = "host peak RSS (VmHWM, reset per batch size)"
-        else:
-            self.kind = "host peak RSS since process start"
-
-    def reset(self) -> None:
-        if self.host:
-            if self.resettable:
-                _clear_host_peak()
-        else:
-            reset = getattr(self.backend, "reset_peak_memory", None)
-            if reset:
-                reset()
-
-    def read(self) -> int | None:
-        if self.host and self.resettable:
-            value = _host_hwm_bytes()
-            if value is not None:
-                return value
-        peak = getattr(self.backend, "peak_memory_bytes", None)
-        return peak() if peak else None
-
-
-def _clear_host_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-            handle.write("5")
-        return _host_hwm_bytes() is not None
-    except OSError:
-        return False
-
-
-def _host_hwm_bytes() -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _sync(backend) -> None:
-    sync = getattr(backend, "synchronize", None)
-    if sync:
-        sync()
-
-
 def _timed_generate(backend, prompts, new_tokens: int, top_k: int) -> tuple[float, float, int]:
     """One generation: (ttft_s, total_s, tokens per row). No stop ids: full length."""
-    _sync(backend)
+    backend.synchronize()
     start = time.perf_counter()
     gens = backend.generate(prompts, new_tokens, top_k, ())
-    _sync(backend)
+    backend.synchronize()
     wall = time.perf_counter() - start
     timings = gens[0].timings if gens else {}
     tokens = max((len(g.output_ids) for g in gens), default=0)
     total = float(timings.get("total_s", wall))
     ttft = timings.get("ttft_s")
     if ttft is None:  # a backend without its own timings: time a one-token generation
-        _sync(backend)
+        backend.synchronize()
         start = time.perf_counter()
         backend.generate(prompts, 1, top_k, ())
-        _sync(backend)
+        backend.synchronize()
         ttft = time.perf_counter() - start
     return float(ttft), total, tokens
 
@@ -233,7 +170,7 @@ def measure(backend, streams: Sequence[Sequence[int]], settings: PerfSettings,
             top_k: int = 1, progress: Callable[[str], None] | None = None) -> PerfMeasurement:
     """Measure a loaded backend at every batch size of `settings` (warm-up excluded)."""
     env = backend.environment()
-    memory = _PeakMemory(backend)
+    memory = PeakMemory(backend)
     batches = []
     prompt_len = 0
     for size in settings.batch_sizes:
@@ -254,30 +191,14 @@ def measure(backend, streams: Sequence[Sequence[int]], settings: PerfSettings,
     return PerfMeasurement(
         backend=backend.name, runtime=str(env.get("runtime", "")),
         device=str(env.get("device", "")), device_name=str(env.get("device_name", "")),
-        dtype=str(env.get("dtype", "")), load_s=getattr(backend, "load_s", None),
+        dtype=str(env.get("dtype", "")), load_s=backend.load_s,
         prompt_tokens=prompt_len, new_tokens=settings.new_tokens, warmup=settings.warmup,
         runs=settings.runs, peak_mem_kind=memory.kind, batches=batches,
         versions=dict(env.get("versions", {})), settings=dict(env.get("settings", {})),
-        model_fingerprint=str(getattr(getattr(backend, "resolved", None), "fingerprint", "")
-                              or ""))
+        model_fingerprint="")
 
 
 # -- summaries (pure) ----------------------------------------------------------------
-
-def percentiles(values: Sequence[float], scale: float = 1.0) -> dict[str, float]:
-    arr = np.asarray(values, dtype=np.float64) * scale
-    return {f"p{p}": float(np.percentile(arr, p)) for p in PERCENTILES}
-
-
-def relative_iqr(values: Sequence[float]) -> float:
-    """Interquartile range over the median: the run-to-run spread of one measurement."""
-    arr = np.asarray(values, dtype=np.float64)
-    med = float(np.median(arr))
-    if not len(arr) or med == 0 or not math.isfinite(med):
-        return 0.0
-    q75, q25 = np.percentile(arr, [75, 25])
-    return float((q75 - q25) / abs(med))
-
 
 def summarise(batch: BatchSamples, backend: str) -> dict[str, Any]:
     """One report row (keys the report layer reads) plus the raw samples and spreads."""
@@ -374,7 +295,7 @@ def judge_regression(rows: list[dict], golden_rows: list[dict], regression_max: 
         if g is None:
             continue
         for metric in ("ttft_ms", "tpot_ms", "tokens_per_s"):
-            gv, cv = _median_of(g, metric), _median_of(row, metric)
+            gv, cv = median_of(g, metric), median_of(row, metric)
             if gv is None or cv is None:
                 continue
             s = slowdown(metric, gv, cv)
@@ -386,7 +307,7 @@ def judge_regression(rows: list[dict], golden_rows: list[dict], regression_max: 
     return out
 
 
-def _median_of(row: dict, metric: str) -> float | None:
+def median_of(row: dict, metric: str) -> float | None:
     value = row.get(metric)
     if isinstance(value, dict):
         value = value.get("p50")
@@ -394,6 +315,7 @@ def _median_of(row: dict, metric: str) -> float | None:
 
 
 # -- device classes and the perf golden ----------------------------------------------
+
 
 def slug(text: str, limit: int = 60) -> str:
     """Lower-case [a-z0-9-] form of a device name, for file names."""
@@ -403,181 +325,3 @@ def slug(text: str, limit: int = 60) -> str:
 
 def device_class(backend: str, device_name: str, dtype: str) -> str:
     return f"{backend}--{slug(device_name)}--{slug(dtype)}"
-
-
-def perf_golden_path(golden_dir: Path, spec_name: str, backend: str, device_name: str,
-                     dtype: str) -> Path:
-    """golden/<spec>/perf/<backend>--<device slug>--<dtype>.json, confined to golden_dir."""
-    from specengine.golden import golden_path
-
-    golden_path(golden_dir, spec_name, backend)          # validates both names
-    root = Path(golden_dir).resolve()
-    path = (root / spec_name / "perf" / f"{device_class(backend, device_name, dtype)}.json").resolve()
-    if not path.is_relative_to(root):
-        raise UsageError(f"perf golden path {path} would leave the golden folder {root}")
-    return path
-
-
-def _setup(m: PerfMeasurement) -> dict:
-    """What must match for two measurements to be comparable."""
-    return {"prompt_tokens": m.prompt_tokens, "new_tokens": m.new_tokens,
-            "model_fingerprint": m.model_fingerprint}
-
-
-def build_perf_golden(spec_name: str, m: PerfMeasurement) -> dict:
-    from specengine.golden import content_hash
-
-    data = {"format": PERF_GOLDEN_FORMAT, "kind": "perf", "spec": spec_name,
-            "device_class": {"backend": m.backend, "device_name": m.device_name, "dtype": m.dtype},
-            "recorded_with": {"runtime": m.runtime, "device": m.device, "versions": m.versions,
-                              "settings": m.settings, "peak_mem_kind": m.peak_mem_kind,
-                              "warmup": m.warmup, "runs": m.runs},
-            "setup": _setup(m), "load_s": m.load_s, "rows": summarise_all(m)}
-    data = json.loads(json.dumps(data, sort_keys=True, ensure_ascii=False))
-    data["content_sha256"] = content_hash(data)
-    return data
-
-
-def load_perf_golden(path: Path, spec_name: str) -> dict:
-    from specengine.golden import content_hash
-
-    from specengine.fileio import read_golden_json
-
-    data = read_golden_json(path, "perf golden")
-    if not isinstance(data, dict) or data.get("kind") != "perf" \
-            or data.get("format") != PERF_GOLDEN_FORMAT:
-        raise GoldenError(f"{path} is not a format-{PERF_GOLDEN_FORMAT} perf golden; re-record "
-                          "it with `specengine record-golden --perf --update`")
-    missing = [k for k in ("spec", "device_class", "setup", "rows", "content_sha256") if k not in data]
-    if missing:
-        raise GoldenError(f"perf golden {path} lacks {', '.join(missing)}")
-    if content_hash(data) != data["content_sha256"]:
-        raise GoldenError(f"perf golden {path} was edited by hand or corrupted: its content "
-                          "hash does not match (re-record it with --perf --update)")
-    if data["spec"] != spec_name:
-        raise GoldenError(f"perf golden {path} belongs to spec '{data['spec']}', not '{spec_name}'")
-    return data
-
-
-def perf_changes(old: dict, new: dict) -> list[str]:
-    """What re-recording a perf golden changed: medians per batch size."""
-    lines = []
-    olds = {r["batch_size"]: r for r in old.get("rows", [])}
-    for row in new["rows"]:
-        o = olds.get(row["batch_size"])
-        if o is None:
-            lines.append(f"  + batch {row['batch_size']} (new)")
-            continue
-        for metric in ("ttft_ms", "tpot_ms", "tokens_per_s"):
-            a, b = _median_of(o, metric), _median_of(row, metric)
-            if a and b is not None:
-                lines.append(f"  ~ batch {row['batch_size']} {metric}: {a:.4g} -> {b:.4g} "
-                             f"({b / a - 1:+.1%})")
-    if old.get("setup") != new.get("setup"):
-        lines.insert(0, f"  ~ setup: {old.get('setup')} -> {new.get('setup')}")
-    return lines or ["  (no change)"]
-
-
-def record_perf_golden(spec, backend_name: str, golden_dir: Path, update: bool = False,
-                       echo: Callable[[str], None] = print) -> Path:
-    """`record-golden --perf`: measure on a backend and store it for its device class."""
-    from specengine.files import atomic_write_text
-    from specengine.golden import dumps
-    from specengine.loading.session import open_session
-
-    settings = PerfSettings.from_spec(spec.perf)
-    session = open_session(spec, backend_name)
-    try:
-        m = measure(session.backend, _streams(session), settings, _top_k(spec))
-    finally:
-        session.close()
-    m.model_fingerprint = session.resolved.fingerprint
-    path = perf_golden_path(golden_dir, spec.name, m.backend, m.device_name, m.dtype)
-    data = build_perf_golden(spec.name, m)
-    if path.exists():
-        if not update:
-            raise GoldenError(f"a perf golden already exists at {path}; pass --update to "
-                              "re-record it (the changes are shown)")
-        try:
-            old = load_perf_golden(path, spec.name)
-            echo(f"changes in {path}:")
-            for line in perf_changes(old, data):
-                echo(line)
-        except GoldenError as exc:
-            echo(f"note: replacing an unreadable perf golden ({exc.one_line()})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, dumps(data))
-    for row in data["rows"]:
-        echo(f"  batch {row['batch_size']}: {_row_line(row)}")
-    return path
-
-
-def _streams(session) -> list[list[int]]:
-    return [session.prompt_ids(case) for case in session.spec.cases]
-
-
-def _top_k(spec) -> int:
-    return spec.cases[0].top_k if spec.cases else 1
-
-
-def _row_line(row: dict) -> str:
-    t, p = row["ttft_ms"], row["tpot_ms"]
-    mem = row.get("peak_mem_gib")
-    return (f"TTFT p50/p90/p99 {t['p50']:.4g}/{t['p90']:.4g}/{t['p99']:.4g} ms, "
-            f"TPOT {p['p50']:.4g}/{p['p90']:.4g}/{p['p99']:.4g} ms, "
-            f"{row['tokens_per_s']:.4g} tokens/s" + (f", peak {mem:.3g} GiB" if mem is not None else ""))
-
-
-# -- the check-side entry point ------------------------------------------------------
-
-def check_perf(session, spec, golden_dir: Path | None) -> dict[str, Any]:
-    """Measure on the session's backend and judge it: the `RunResult.perf` dict.
-
-    Status: fail when a budget or the relative gate fails, pass when at least one of them
-    applied and none failed, `measured` when there was nothing to judge against.
-    A stale perf golden (other prompt length, new tokens or model) is a GoldenError.
-    """
-    from specengine.golden import default_golden_dir
-
-    settings = PerfSettings.from_spec(spec.perf)
-    m = measure(session.backend, _streams(session), settings, _top_k(spec))
-    m.model_fingerprint = session.resolved.fingerprint
-    rows = summarise_all(m)
-    report: dict[str, Any] = {
-        "backend": m.backend, "device_name": m.device_name, "dtype": m.dtype,
-        "device_class": m.device_class, "load_s": m.load_s, "prompt_tokens": m.prompt_tokens,
-        "new_tokens": m.new_tokens, "warmup": m.warmup, "runs": m.runs,
-        "peak_mem_kind": m.peak_mem_kind, "rows": rows, "failures": []}
-    gates = []
-    budget = settings.budgets.get(m.backend)
-    if budget:
-        gates.append("budgets")
-        report["budgets"] = budget
-        report["failures"] += judge_budgets(rows, m.load_s, budget)
-    if settings.regression_max is not None:
-        path = perf_golden_path(golden_dir or default_golden_dir(spec.path), spec.name, m.backend,
-                                m.device_name, m.dtype)
-        report["regression_max"] = settings.regression_max
-        if not path.exists():
-            report["relative_gate"] = (f"not applied: no perf golden for device class "
-                                       f"{m.device_class} (record-golden --perf)")
-        else:
-            golden = load_perf_golden(path, spec.name)
-            if golden["setup"] != _setup(m):
-                raise GoldenError(f"perf golden {path} was measured with {golden['setup']}, "
-                                  f"this run with {_setup(m)}; re-record it with "
-                                  "`specengine record-golden --perf --update`")
-            gates.append("relative")
-            regs = judge_regression(rows, golden["rows"], settings.regression_max,
-                                    settings.spread_k)
-            bad = [r for r in regs if r.regressed]
-            report["regressions"] = [r.__dict__ for r in regs]
-            report["failures"] += [r.describe() for r in bad]
-            report["perf_golden"] = str(path)
-            worst = max(regs, key=lambda r: r.slowdown - r.allowed, default=None)
-            report["relative_gate"] = (
-                f"{len(bad)} of {len(regs)} medians regressed" if bad else
-                f"pass: {len(regs)} medians within limits" + (
-                    f" (closest: {worst.describe()})" if worst else ""))
-    report["status"] = FAIL if report["failures"] else PASS if gates else MEASURED
-    return report

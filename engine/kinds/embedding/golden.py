@@ -27,9 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from specengine.errors import GoldenError
-from specengine.golden import Golden, content_hash
+from specengine.golden.store import Golden, GoldenFormat, content_hash, read_verified
 
 EMBEDDING_GOLDEN_FORMAT = 1
+FORMAT = GoldenFormat(kind="embedding", version=EMBEDDING_GOLDEN_FORMAT, what="embedding golden",
+                      schema="embedding-golden", default_kind="causal-lm")
 ENCODING = "base64-f32le"
 PREVIEW = 8
 
@@ -89,37 +91,7 @@ def build_embedding_golden(spec_name: str, backend: str, fingerprint: str, sourc
 
 def load_embedding_golden(path: Path, spec_name: str | None = None) -> Golden:
     """Read and verify an embedding golden; GoldenError (exit 2) naming the problem."""
-    from jsonschema import Draft202012Validator
-
-    from specengine.spec import schema
-
-    from specengine.fileio import read_golden_json
-
-    path = Path(path)
-    if not path.exists() and not path.is_symlink():
-        raise GoldenError(f"no golden at {path}: record it with "
-                          f"`specengine record-golden SPEC --backend {path.stem}`")
-    data = read_golden_json(path)
-    if not isinstance(data, dict):
-        raise GoldenError(f"golden {path} is corrupted (not a JSON object)")
-    if data.get("kind") != "embedding":
-        raise GoldenError(f"golden {path} is a {data.get('kind', 'causal-lm')!r} golden, not an "
-                          "embedding golden; re-record it with --update")
-    if data.get("format") != EMBEDDING_GOLDEN_FORMAT:
-        raise GoldenError(f"golden {path} has format {data.get('format')!r}; this specengine "
-                          f"reads format {EMBEDDING_GOLDEN_FORMAT} — re-record it with --update")
-    errors = sorted(Draft202012Validator(schema("embedding-golden")).iter_errors(data),
-                    key=lambda e: list(e.absolute_path))
-    if errors:
-        where = "/".join(str(p) for p in errors[0].absolute_path) or "top level"
-        raise GoldenError(f"golden {path} does not match the embedding golden schema at "
-                          f"{where}: {errors[0].message[:200]}")
-    if content_hash(data) != data["content_sha256"]:
-        raise GoldenError(f"golden {path} was edited by hand or corrupted: its content hash "
-                          "does not match (re-record it with --update)")
-    if spec_name is not None and data["spec"] != spec_name:
-        raise GoldenError(f"golden {path} belongs to spec '{data['spec']}', not '{spec_name}'")
-    return Golden(path, data)
+    return Golden(Path(path), read_verified(path, FORMAT, spec_name))
 
 
 def case_outputs(golden: Golden, case_id: str) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from specengine.errors import BackendUnavailable, ModelSourceError, SpecError
+from specengine.errors import BackendUnavailable, ModelSourceError, SpecError, brief
 
 SYNTHETIC_GRID = 8          # synthetic images: a random 8x8 grid per channel, interpolated
 
@@ -51,7 +51,7 @@ class InputPreparer:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from specengine.loading.sources import offline
+            from specengine.files import offline
 
             offline()
             from transformers import AutoTokenizer
@@ -60,7 +60,7 @@ class InputPreparer:
                 self._tokenizer = AutoTokenizer.from_pretrained(str(self.dir), local_files_only=True)
             except (OSError, ValueError) as exc:
                 raise ModelSourceError(f"cannot load the tokenizer of {self.dir}: "
-                                       f"{' '.join(str(exc).split())[:300]}") from None
+                                       f"{brief(exc)}") from None
         return self._tokenizer
 
     def max_length(self) -> int:

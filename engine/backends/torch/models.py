@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from specengine.errors import BackendCrashed, ModelSourceError
+from specengine.errors import BackendCrashed, ModelSourceError, brief
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -21,7 +21,7 @@ def load_torch_model(resolved, dtype: str = "float32", device: str = "cpu",
                      device_map: Any = None, max_memory: dict | None = None):
     """from_pretrained on the resolved local folder: offline, remote code only when the
     spec opts in, cast to `dtype`, moved to `device` (unless a device_map places it)."""
-    from specengine.loading.sources import offline
+    from specengine.files import offline
 
     offline()
     from transformers import AutoModel, AutoModelForCausalLM
@@ -53,7 +53,7 @@ def load_torch_model(resolved, dtype: str = "float32", device: str = "cpu",
                                    f"[{spec.where}]") from None
         raise ModelSourceError(f"cannot load the model from {resolved.hf_dir}: {message}") from None
     except RuntimeError as exc:
-        raise BackendCrashed(f"loading the model failed: {' '.join(str(exc).split())[:400]}") from None
+        raise BackendCrashed(f"loading the model failed: {brief(exc, 400)}") from None
     except Exception as exc:
         if type(exc).__name__ != "UnpicklingError":
             raise

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from specengine.errors import BackendCrashed, BackendUnavailable
+from specengine.errors import BackendCrashed, BackendUnavailable, brief
 
 from specengine.backends.base import Backend, BackendConfig, Embedded, Generation, Scores
 
@@ -115,7 +115,7 @@ class OnnxEncoderBackend(Backend):
                                       external_data=False)
                 except Exception as exc:  # the exporter raises many kinds
                     raise BackendCrashed(f"backend '{self.name}': ONNX export failed: "
-                                         f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+                                         f"{type(exc).__name__}: {brief(exc)}") from None
                 (tmp / "export.json").write_text(json.dumps(
                     {"inputs": list(names), "outputs": outputs, "opset": OPSET,
                      "torch": torch.__version__, "model": self.resolved.fingerprint},
@@ -156,7 +156,7 @@ class OnnxEncoderBackend(Backend):
                 str(path), options, providers=self.providers, provider_options=provider_options)
         except Exception as exc:
             raise BackendCrashed(f"backend '{self.name}': onnxruntime cannot load {path}: "
-                                 f"{' '.join(str(exc).split())[:300]}") from None
+                                 f"{brief(exc)}") from None
         self.sessions[names] = session
         self.files[names] = str(path)
         self.load_s += time.perf_counter() - start
@@ -171,7 +171,7 @@ class OnnxEncoderBackend(Backend):
             out = session.run(None, inputs)
         except Exception as exc:
             raise BackendCrashed(f"backend '{self.name}' ONNX run failed: "
-                                 f"{' '.join(str(exc).split())[:300]}") from None
+                                 f"{brief(exc)}") from None
         return Embedded(np.asarray(out[0], dtype=np.float32),
                         np.asarray(out[1], dtype=np.float32) if len(out) > 1 else None)
 
@@ -185,7 +185,7 @@ class OnnxEncoderBackend(Backend):
     def environment(self) -> dict[str, Any]:
         import onnx
 
-        from specengine.backends.torch.backend import _cpu_name
+        from specengine.backends.host import cpu_name
 
         versions = {"onnxruntime": self.ort.__version__, "onnx": onnx.__version__}
         try:
@@ -199,7 +199,7 @@ class OnnxEncoderBackend(Backend):
         if self.files:
             settings["onnx_file"] = ", ".join(sorted(set(self.files.values())))
         return {"backend": self.name, "runtime": "onnx", "device": self.config.device,
-                "device_name": _cpu_name(), "dtype": "float32", "versions": versions,
+                "device_name": cpu_name(), "dtype": "float32", "versions": versions,
                 "settings": settings}
 
     def close(self) -> None:

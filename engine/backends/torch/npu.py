@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from specengine.errors import BackendUnavailable
+from specengine.errors import BackendUnavailable, brief
 
 from specengine.backends.torch.backend import TorchBackend
 
@@ -26,7 +26,7 @@ class NpuBackend(TorchBackend):
                 "Ascend CANN toolkit (pip install 'specengine[npu]')") from None
         except Exception as exc:  # CANN libraries missing, driver mismatch, ...
             raise BackendUnavailable(f"backend '{self.name}': torch_npu failed to load: "
-                                     f"{' '.join(str(exc).split())[:200]}") from None
+                                     f"{brief(exc, 200)}") from None
         super().prepare_device()
 
     def apply_determinism(self) -> None:

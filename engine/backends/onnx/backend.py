@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from specengine.errors import BackendCrashed, BackendUnavailable, ModelSourceError
+from specengine.errors import BackendCrashed, BackendUnavailable, ModelSourceError, brief
 
 from specengine.backends.base import (Backend, BackendConfig, Generation, Scores,
     log_mass_excluding, topk_with_tail)
@@ -70,7 +70,7 @@ class OnnxBackend(Backend):
                                                 provider_options=self.provider_options)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendUnavailable(f"backend '{self.name}': ONNX Runtime cannot load {path}: "
-                                     f"{' '.join(str(exc).split())[:300]}") from None
+                                     f"{brief(exc)}") from None
         try:
             self.graph = OnnxGraph(session, self.meta)
         except GraphError as exc:
@@ -149,7 +149,7 @@ class OnnxBackend(Backend):
                 last = graph.advance(cursor, token)
         except Exception as exc:  # onnxruntime's own exception types
             raise BackendCrashed(f"backend '{self.name}' run failed: "
-                                 f"{' '.join(str(exc).split())[:300]}") from None
+                                 f"{brief(exc)}") from None
         timings["total_s"] = time.perf_counter() - start
         k = min(top_k, ids_rows[0].shape[0]) if ids_rows else top_k
         gen = Generation(prompt, chosen, _stack(ids_rows, k, np.int64),
@@ -177,7 +177,7 @@ class OnnxBackend(Backend):
                     last = graph.advance(cursor, int(token))
         except Exception as exc:
             raise BackendCrashed(f"backend '{self.name}' run failed: "
-                                 f"{' '.join(str(exc).split())[:300]}") from None
+                                 f"{brief(exc)}") from None
         k = gather.shape[-1] if gather.ndim == 2 else 1
         if not rows:
             return Scores(np.zeros((0, k), np.float32), np.zeros((0,), np.float32),
@@ -199,7 +199,7 @@ class OnnxBackend(Backend):
             logits, _ = graph.prefill(full[:-1])
         except Exception as exc:
             raise BackendCrashed(f"backend '{self.name}' run failed: "
-                                 f"{' '.join(str(exc).split())[:300]}") from None
+                                 f"{brief(exc)}") from None
         lp = log_softmax(logits[-n:])
         gather = np.asarray(gather_ids, dtype=np.int64)
         gathered = np.take_along_axis(lp, gather, axis=-1).astype(np.float32)
@@ -233,9 +233,9 @@ class OnnxBackend(Backend):
     def _device_name(self) -> str:
         eps = " > ".join(self.providers)
         if self.providers[0] == "CPUExecutionProvider":
-            from specengine.backends.torch.backend import _cpu_name
+            from specengine.backends.host import cpu_name
 
-            return f"{_cpu_name()} (ONNX Runtime {eps})"
+            return f"{cpu_name()} (ONNX Runtime {eps})"
         return f"ONNX Runtime {eps}"
 
     def close(self) -> None:

@@ -8,11 +8,14 @@ numpy, every log-probability is computed in float32 from the raw logits.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from specengine.errors import BackendCrashed, BackendUnavailable, SpecEngineError, brief
 
 
 @dataclass
@@ -99,13 +102,27 @@ class ScoringUnavailable(Exception):
     then `not-run` with this reason, not an error."""
 
 
+# the methods whose runtime errors the base class converts (see Backend.__init_subclass__)
+GUARDED = ("load", "generate", "score", "score_incremental", "score_positions", "hidden_states",
+           "decode_hidden_states", "embed", "run_op")
+
+
 class Backend(ABC):
     """Interface every runtime implements. Instances are created by the registry.
+
+    Every capability the engine uses is declared here with a default, so the engine never
+    probes for a method: a runtime overrides what it has.
 
     Capabilities: a runtime that cannot return per-step log-probs or score a sequence
     teacher-forced (a served model behind an API without them) sets `supports_logprobs`
     / `supports_scoring` False after `load` and says why in `unsupported[...]`
     ("logprobs" / "scoring"); checks needing them are then `not-run` with that reason.
+
+    Errors: a runtime's own exception in one of the GUARDED methods (a kernel failure, a
+    driver error, out of memory) reaches the engine as BackendCrashed (exit 3) naming the
+    backend, the method and the error on one line; the conversion is done once, here
+    (like Polygraphy's `infer` around `infer_impl`), for every subclass. The engine's
+    own errors, ScoringUnavailable and BaseExceptions (interrupts, time limits) pass.
     """
 
     supports_logprobs: bool = True
@@ -114,10 +131,27 @@ class Backend(ABC):
     supports_gather: bool = False
     # `score_incremental`: given tokens fed one at a time through the KV cache
     supports_incremental: bool = False
+    # `score_positions`: one pass scored at chosen prompt positions (long prompts)
+    supports_positions: bool = False
+    # `embed`: embedding models (text encoders, vision towers)
+    supports_embedding: bool = False
+    # the runtime tokenizes chats itself (served): `use_tokenizer` / `bind_chats` matter
+    wants_tokenizer: bool = False
+    # why a served model may not be greedy at temperature 0 (None: it always is)
+    greedy_causes: str | None = None
 
     def __init__(self, config: BackendConfig):
         self.config = config
         self.unsupported: dict[str, str] = {}
+        self.load_s: float | None = None     # seconds `load` took, once loaded
+        self.model: Any = None               # the in-process model object, if any
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for method in GUARDED:
+            fn = cls.__dict__.get(method)
+            if fn is not None and not getattr(fn, "_guarded", False):
+                setattr(cls, method, _guarded(method, fn))
 
     @property
     def name(self) -> str:
@@ -144,13 +178,9 @@ class Backend(ABC):
         rows `start`…n−1 are returned (row i predicts target token i; `gather_ids` has a row
         per target token). Runtimes that cannot feed chosen tokens leave
         `supports_incremental` False and say why in `unsupported["incremental"]`."""
-        from specengine.errors import BackendUnavailable
-
         raise BackendUnavailable(self.unsupported.get("incremental")
                                  or f"backend '{self.name}' cannot feed given tokens through "
                                     "its KV cache")
-
-    supports_positions: bool = False
 
     def score_positions(self, ids: Sequence[int], positions: Sequence[int],
                         gather_ids: np.ndarray, top_k: int) -> Scores:
@@ -158,8 +188,6 @@ class Backend(ABC):
         distribution at position positions[j] (predicting ids[positions[j] + 1]), gathered
         at gather_ids[j] — the prompt positions of a long case, memory bounded by the
         number of positions, not the length."""
-        from specengine.errors import BackendUnavailable
-
         raise BackendUnavailable(f"backend '{self.name}' cannot score chosen positions")
 
     def hidden_states(self, ids: Sequence[int]) -> list[np.ndarray] | None:
@@ -177,18 +205,16 @@ class Backend(ABC):
         """Embedding models (`model.kind: embedding`): one forward pass on numpy feeds
         (input_ids / attention_mask / token_type_ids, or float32 pixel_values, which the
         backend casts to its dtype)."""
-        from specengine.errors import BackendUnavailable
-
         raise BackendUnavailable(f"backend '{self.name}' ({self.config.runtime}) cannot run "
                                  "embedding models")
 
-    def run_op(self, op: str, inputs: dict[str, np.ndarray], dims: dict, params: dict,
+    def run_op(self, run: Callable, inputs: dict[str, np.ndarray], dims: dict, params: dict,
                dtype: str) -> dict[str, np.ndarray]:
-        """Operator specs: run one operator of engine/ops_catalog.py on this backend's
-        device in `dtype`, from float64 `inputs` (rounded to `dtype` on the CPU before
-        they move). Float outputs come back as float64 holding the dtype's values."""
-        from specengine.errors import BackendUnavailable
-
+        """Operator specs: run one operator on this backend's device in `dtype`, from
+        float64 `inputs` (rounded to `dtype` on the CPU before they move). `run` is the
+        operator's torch implementation, `run(torch, tensors, dims, params, dtype) ->
+        {name: tensor}` (the catalog entry's, so a backend needs no catalog). Float
+        outputs come back as float64 holding the dtype's values."""
         raise BackendUnavailable(f"backend '{self.name}' ({self.config.runtime}) cannot run "
                                  "operator specs")
 
@@ -204,6 +230,45 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release the model and device memory."""
+
+    # -- what perf and the served checks use; defaults for a runtime without them ------
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (timing reads after it). Host runtimes: nothing."""
+
+    def peak_memory_bytes(self) -> int | None:
+        """Peak device memory since the last reset, or None when the runtime cannot say."""
+        return None
+
+    def reset_peak_memory(self) -> None:
+        """Start a new peak-memory window."""
+
+    def peak_memory_source(self) -> str:
+        """Where `peak_memory_bytes` comes from ('' when it is not measured)."""
+        return ""
+
+    def use_tokenizer(self, tokenizer: Any) -> None:
+        """The spec's tokenizer, given before `load` to runtimes with `wants_tokenizer`."""
+
+    def bind_chats(self, chats: dict[tuple[int, ...], tuple[list[dict], dict]]) -> None:
+        """Which prompt ids came from which chat messages (and template kwargs), for a
+        runtime that renders chats itself. Others ignore it."""
+
+
+def _guarded(method: str, fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def call(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except (SpecEngineError, ScoringUnavailable):
+            raise
+        except Exception as exc:
+            doing = (f"could not load {getattr(args[0] if args else None, 'origin', 'the model')}"
+                     if method == "load" else f"failed in {method}")
+            raise BackendCrashed(f"backend '{self.config.name}' {doing}: "
+                                 f"{type(exc).__name__}: {brief(exc)}") from exc
+    call._guarded = True
+    return call
 
 
 def topk_with_tail(logprobs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -89,13 +89,18 @@ class OpenAIBackend(ServedScoring, Backend):
         self.greedy_causes = NOT_GREEDY_CAUSES["openai"]
 
     # -- loading: reach the server, learn what it can do ---------------------------
-    def load(self, source) -> None:
-        from specengine.loading.tokenizer import load_tokenizer
+    wants_tokenizer = True
 
+    def use_tokenizer(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def load(self, source) -> None:
         start = time.perf_counter()
         self.resolved = source
         models = self._call(lambda: self._models())   # first: a server that is down fails fast
-        self.tokenizer = load_tokenizer(source)
+        if self.tokenizer is None:
+            raise BackendUnavailable(f"backend '{self.name}' needs the spec's tokenizer "
+                                     "(Backend.use_tokenizer) before it loads")
         self.dialect, facts = identify(self.client, models, self.opts["dialect"])
         self.server.update(facts)
         if self.model_name is None and len(models) == 1 and models[0].get("id"):

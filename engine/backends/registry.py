@@ -10,7 +10,7 @@ import difflib
 import importlib
 from typing import Mapping
 
-from specengine.errors import BackendUnavailable, UsageError
+from specengine.errors import BackendUnavailable, SpecEngineError, UsageError, brief
 
 from specengine.backends.base import Backend, BackendConfig
 
@@ -33,6 +33,11 @@ RUNTIMES = {
     ("torch", None): "specengine.backends.torch.backend:TorchBackend",
     ("onnx", None): "specengine.backends.onnx.backend:OnnxBackend",
     ("openai", None): "specengine.backends.openai.backend:OpenAIBackend",
+}
+# runtime + model kind -> "module:Class" where that kind of model needs its own class
+# (an ONNX text encoder or vision tower is exported and run differently from a decoder)
+KIND_RUNTIMES = {
+    ("onnx", "embedding"): "specengine.backends.onnx.encoder:OnnxEncoderBackend",
 }
 BUILTIN_RUNTIMES = frozenset(runtime for runtime, _ in RUNTIMES)
 _REGISTERED: dict[tuple[str, str | None], str] = {}
@@ -61,7 +66,9 @@ def known_runtimes() -> list[str]:
     return sorted(BUILTIN_RUNTIMES | {runtime for runtime, _ in _REGISTERED})
 
 
-def _runtime_target(runtime: str, family: str) -> str | None:
+def _runtime_target(runtime: str, family: str, model_kind: str | None = None) -> str | None:
+    if (runtime, model_kind) in KIND_RUNTIMES:
+        return KIND_RUNTIMES[(runtime, model_kind)]
     table = {**_REGISTERED, **RUNTIMES}
     return table.get((runtime, family)) or table.get((runtime, None))
 
@@ -94,9 +101,10 @@ def config_for(name: str, spec_backends: Mapping[str, BackendConfig] | None = No
     return BUILTINS[name]
 
 
-def backend_class(config: BackendConfig) -> type[Backend]:
+def backend_class(config: BackendConfig, model_kind: str | None = None) -> type[Backend]:
+    """The class that runs `config` (for a model of `model_kind`, where that matters)."""
     family = config.device.split(":")[0]
-    target = _runtime_target(config.runtime, family)
+    target = _runtime_target(config.runtime, family, model_kind)
     if target is None:
         raise UsageError(f"backend '{config.name}': unknown runtime '{config.runtime}' "
                          f"(known: {', '.join(known_runtimes())})")
@@ -112,18 +120,16 @@ def backend_class(config: BackendConfig) -> type[Backend]:
     except Exception as exc:  # a runtime that fails while importing (a driver, a plugin)
         raise BackendUnavailable(f"backend '{config.name}' could not start: importing "
                                  f"{module_name} failed: {type(exc).__name__}: "
-                                 f"{' '.join(str(exc).split())[:300]}") from None
+                                 f"{brief(exc)}") from None
     return getattr(module, class_name)
 
 
-def create(config: BackendConfig) -> Backend:
+def create(config: BackendConfig, model_kind: str | None = None) -> Backend:
     """Instantiate a backend; its constructor checks that the device exists (exit 3).
 
     A constructor that fails in any other way (a driver error, a broken runtime) is a
     backend that cannot start: exit 3 with its message, not a traceback."""
-    from specengine.errors import SpecEngineError
-
-    cls = backend_class(config)
+    cls = backend_class(config, model_kind)
     try:
         return cls(config)
     except SpecEngineError:
@@ -131,7 +137,7 @@ def create(config: BackendConfig) -> Backend:
     except Exception as exc:
         raise BackendUnavailable(f"backend '{config.name}' ({config.runtime} on "
                                  f"{config.device}) could not start: {type(exc).__name__}: "
-                                 f"{' '.join(str(exc).split())[:300]}") from None
+                                 f"{brief(exc)}") from None
 
 
 def _extra(config: BackendConfig) -> str:

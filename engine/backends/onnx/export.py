@@ -125,7 +125,7 @@ def _export(resolved, settings: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def _trace_and_save(resolved, settings: dict[str, Any], out: Path) -> dict[str, Any]:
-    from specengine.loading.sources import offline
+    from specengine.files import offline
 
     offline()
     import onnx_ir

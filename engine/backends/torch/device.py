@@ -22,6 +22,7 @@ import os
 import platform
 from typing import Any, Callable
 
+from specengine.backends.host import cpu_name, host_peak_rss
 from specengine.errors import BackendUnavailable
 
 #: device families the torch runtime runs (npu only once torch_npu has registered it)
@@ -201,23 +202,3 @@ def _call_bool(fn) -> bool:
         return bool(fn()) if callable(fn) else False
     except Exception:   # noqa: BLE001  a broken driver reads as "not available"
         return False
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def host_peak_rss() -> int | None:
-    try:
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-    except (ImportError, OSError):
-        return None

@@ -12,11 +12,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from specengine.errors import BackendCrashed, BackendUnavailable
+from specengine.errors import BackendCrashed, BackendUnavailable, brief
 
 from specengine.backends.base import Backend, BackendConfig, Embedded, Generation, Scores
-from specengine.backends.torch.device import TorchDevice, cpu_name
-from specengine.backends.torch.models import device_placement, load_torch_model, modeling_code
+from specengine.backends.torch.device import TorchDevice
+from specengine.backends.torch.models import device_placement, load_torch_model, modeling_code, torch_dtype
 
 
 class TorchBackend(Backend):
@@ -68,7 +68,7 @@ class TorchBackend(Backend):
         try:
             self.model = load_torch_model(source, self.config.dtype, self.config.device)
         except RuntimeError as exc:  # device out of memory while moving weights, etc.
-            raise BackendCrashed(f"backend '{self.name}': {' '.join(str(exc).split())[:300]}") from None
+            raise BackendCrashed(f"backend '{self.name}': {brief(exc)}") from None
         self.synchronize()
         self.load_s = time.perf_counter() - start
         self.resolved = source
@@ -198,7 +198,7 @@ class TorchBackend(Backend):
                                      output_hidden_states=last)
                 except RuntimeError as exc:
                     raise BackendCrashed(f"backend '{self.name}' forward failed: "
-                                         f"{' '.join(str(exc).split())[:300]}") from None
+                                         f"{brief(exc)}") from None
                 past = out.past_key_values
         return [h[0].float().cpu().numpy() for h in out.hidden_states]
 
@@ -209,7 +209,7 @@ class TorchBackend(Backend):
                               past_key_values=past, use_cache=True)
         except RuntimeError as exc:
             raise BackendCrashed(f"backend '{self.name}' forward failed: "
-                                 f"{' '.join(str(exc).split())[:300]}") from None
+                                 f"{brief(exc)}") from None
 
     supports_positions = True
 
@@ -224,7 +224,7 @@ class TorchBackend(Backend):
                 out = self.model(input_ids=seq, use_cache=False, logits_to_keep=keep)
             except RuntimeError as exc:
                 raise BackendCrashed(f"backend '{self.name}' forward failed: "
-                                     f"{' '.join(str(exc).split())[:300]}") from None
+                                     f"{brief(exc)}") from None
             logits = out.logits[0]
             if logits.shape[0] != len(positions):     # a model that ignores an index tensor
                 logits = logits[keep]
@@ -242,7 +242,7 @@ class TorchBackend(Backend):
                 out = self.model(input_ids=ids, use_cache=False, logits_to_keep=n)
             except RuntimeError as exc:
                 raise BackendCrashed(f"backend '{self.name}' forward failed: "
-                                     f"{' '.join(str(exc).split())[:300]}") from None
+                                     f"{brief(exc)}") from None
             return _scores(torch, out.logits[0, -n:, :], gather_ids, top_k)
 
     def hidden_states(self, ids: Sequence[int]) -> list[np.ndarray] | None:
@@ -254,7 +254,6 @@ class TorchBackend(Backend):
 
     def embed(self, feeds: dict[str, np.ndarray]) -> Embedded:
         torch = self.torch
-        from specengine.backends.torch.models import torch_dtype
 
         param = next(self.model.parameters())
         inputs = {}
@@ -268,7 +267,7 @@ class TorchBackend(Backend):
                 out = self.model(**inputs)
             except RuntimeError as exc:
                 raise BackendCrashed(f"backend '{self.name}' forward failed: "
-                                     f"{' '.join(str(exc).split())[:300]}") from None
+                                     f"{brief(exc)}") from None
         self.synchronize()
         hidden = getattr(out, "last_hidden_state", None)
         hidden = out[0] if hidden is None else hidden
@@ -276,19 +275,16 @@ class TorchBackend(Backend):
         return Embedded(hidden.float().cpu().numpy(),
                         None if pooler is None else pooler.float().cpu().numpy())
 
-    def run_op(self, op: str, inputs: dict[str, np.ndarray], dims: dict, params: dict,
+    def run_op(self, run, inputs: dict[str, np.ndarray], dims: dict, params: dict,
                dtype: str) -> dict[str, np.ndarray]:
         torch = self.torch
-        from specengine.spec.ops_catalog import OPS
-
-        from specengine.backends.torch.models import torch_dtype
 
         tdtype = torch_dtype(dtype)
         # rounded on the CPU, then moved: the device sees exactly the oracle's inputs
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(tdtype).to(self.config.device)
                    for k, v in inputs.items()}
         with torch.inference_mode():
-            out = OPS[op].run(torch, tensors, dims, params, dtype)
+            out = run(torch, tensors, dims, params, dtype)
         self.synchronize()
         return {k: (v.double() if v.is_floating_point() else v.long()).cpu().numpy()
                 for k, v in out.items()}
@@ -367,4 +363,3 @@ def _collect(prompts, chosen, steps_ids, steps_lp, steps_tail, timings) -> list[
     return out
 
 
-_cpu_name = cpu_name            # the host's CPU model (ONNX and operator oracles use it too)

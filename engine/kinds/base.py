@@ -1,0 +1,220 @@
+"""What every kind shares: the Kind entry of the kind table, case selection, the time
+limit, the one per-case error policy, and the record/check skeletons each kind plugs into.
+
+A kind (causal_lm, embedding, ops) supplies how to record one case and how to check one;
+the loops here give every kind the same progress lines, --fail-fast, timeouts, error
+capture and stop-on-out-of-memory behaviour, and the same RunResult skeleton.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from specengine.errors import BackendCrashed, SpecEngineError, UsageError, brief
+from specengine.progress import cases as progress_cases
+from specengine.results import ERROR, FAIL, PASS, CaseResult, RunResult, Side, comparison_label
+from specengine.spec import AnyCase, Spec
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One row of the kind table (specengine.run.KINDS): what the commands call.
+
+    record(spec, backend, golden_dir, update, echo, allow_inconsistent) -> golden path
+    check(spec, backend, golden_dir, against, cases, fail_fast, perf, localize) -> RunResult
+    The optional commands are None where a kind has no such thing; the CLI then says so.
+    """
+
+    name: str
+    record: Callable[..., Path]
+    check: Callable[..., RunResult]
+    localize: Callable[..., dict] | None = None        # `specengine localize`
+    calibrate: Callable[..., object] | None = None     # `specengine calibrate`
+    record_perf: Callable[..., Path] | None = None     # `record-golden --perf`
+
+
+# -- selecting cases -------------------------------------------------------------------
+
+def select_cases(spec: Spec, ids: list[str] | None = None, tags: list[str] | None = None,
+                 expr: str | None = None) -> list[AnyCase]:
+    """--case ID (exact), --tag T (any), -k EXPR (substring of the id; 'not X' excludes)."""
+    cases = list(spec.cases)
+    if ids:
+        unknown = [i for i in ids if i not in {c.id for c in cases}]
+        if unknown:
+            raise UsageError(f"{spec.path}: no case {', '.join(map(repr, unknown))}")
+        cases = [c for c in cases if c.id in ids]
+    if tags:
+        cases = [c for c in cases if set(tags) & set(c.tags)]
+    if expr:
+        cases = [c for c in cases if _match_expr(expr, c)]
+    return cases
+
+
+def _match_expr(expr: str, case: AnyCase) -> bool:
+    words = expr.split()
+    if len(words) == 2 and words[0] == "not":
+        return words[1] not in case.id and words[1] not in case.tags
+    return expr in case.id or expr in case.tags
+
+
+# -- the time limit --------------------------------------------------------------------
+
+class CaseTimedOut(BaseException):
+    """A case ran past `defaults.timeout_s`. A BaseException (like KeyboardInterrupt), so
+    that a runtime's own `except Exception` cannot swallow it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise CaseTimedOut in this (main) thread once `seconds` have passed.
+
+    SIGALRM interrupts Python code and blocking waits (a sleep, a socket read, a
+    generation loop between steps); a single native call (one huge kernel) is interrupted
+    when it returns. Off the main thread, or where there is no SIGALRM, nothing is timed.
+    """
+    if (not seconds or not hasattr(signal, "setitimer")
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+
+    def fire(signum, frame):
+        raise CaseTimedOut()
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# -- the one per-case error policy -----------------------------------------------------
+
+def out_of_memory(exc: BaseException) -> bool:
+    return "out of memory" in str(exc).lower()
+
+
+def runtime_cause(exc: BackendCrashed) -> Exception | None:
+    """The runtime's own exception a backend call was converted from (Backend's guard),
+    or None when the engine raised the BackendCrashed itself."""
+    cause = exc.__cause__
+    return cause if isinstance(cause, Exception) and not isinstance(cause, SpecEngineError) \
+        else None
+
+
+def described(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {brief(exc)}"
+
+
+def run_checks(result: CaseResult, checks: Callable[[], None], timeout_s: float | None
+               ) -> CaseResult:
+    """Run one case's checks into `result`; whatever goes wrong becomes the case's error,
+    never a lost run: a time limit, a backend failure, a runtime's own exception. Two
+    things stop the run instead: the engine's own errors (SpecEngineError: a bad spec, a
+    stale golden), and a backend out of memory (BackendCrashed), which cannot go on.
+    The case's status follows from its checks; its duration is measured."""
+    start = time.perf_counter()
+    try:
+        with time_limit(timeout_s):
+            checks()
+    except CaseTimedOut:
+        result.error = (f"timed out after {timeout_s:g} s (defaults.timeout_s); "
+                        "the remaining checks of this case were not run")
+    except BackendCrashed as exc:
+        if out_of_memory(exc):
+            raise
+        cause = runtime_cause(exc)
+        result.error = described(cause) if cause else exc.one_line()
+    except SpecEngineError:
+        raise
+    except Exception as exc:  # one broken case must not lose the others' results
+        result.error = described(exc)
+    statuses = {c.status for c in result.checks}
+    result.status = ERROR if result.error or ERROR in statuses else FAIL if FAIL in statuses else PASS
+    result.duration_s = time.perf_counter() - start
+    return result
+
+
+def record_one(backend: str, case_id: str, record: Callable[[], dict],
+               timeout_s: float | None, what: str = "case") -> dict:
+    """Record one case on the reference; any failure stops the recording (exit 3 naming
+    the case), since a golden with a hole is no golden: nothing is written."""
+    try:
+        with time_limit(timeout_s):
+            return record()
+    except CaseTimedOut:
+        raise BackendCrashed(f"backend '{backend}': {what} '{case_id}' timed out after "
+                             f"{timeout_s:g} s (defaults.timeout_s); nothing was "
+                             "recorded") from None
+    except BackendCrashed as exc:
+        cause = runtime_cause(exc)
+        if cause is None or out_of_memory(exc):
+            raise
+        raise BackendCrashed(f"backend '{backend}' failed on {what} '{case_id}': "
+                             f"{described(cause)}; nothing was recorded") from None
+    except SpecEngineError:
+        raise
+    except Exception as exc:  # a runtime's own bug: exit 3 naming the case, no golden
+        raise BackendCrashed(f"backend '{backend}' failed on {what} '{case_id}': "
+                             f"{described(exc)}; nothing was recorded") from None
+
+
+# -- the record / check skeletons ------------------------------------------------------
+
+def record_cases(cases: Iterable[AnyCase], spec: Spec, backend: str,
+                 record: Callable[[AnyCase], dict], action: str = "record") -> dict[str, dict]:
+    """Each case's record by id, with the progress lines and the recording error policy."""
+    return {case.id: record_one(backend, case.id, lambda c=case: record(c), spec.timeout_s)
+            for case in progress_cases(cases, action, spec.name, backend)}
+
+
+def new_run(spec: Spec, candidate: Side, reference: Side, reference_kind: str,
+            **extra) -> RunResult:
+    """The result skeleton of a check: both sides and the comparison's label."""
+    return RunResult(spec_name=spec.name, spec_path=str(spec.path), command="check",
+                     candidate=candidate, reference=reference,
+                     comparison=comparison_label(candidate, reference),
+                     reference_kind=reference_kind, **extra)
+
+
+def check_cases(run: RunResult, spec: Spec, backend: str, cases: Sequence[AnyCase],
+                check: Callable[[AnyCase], CaseResult], fail_fast: bool = False,
+                after: Callable[[AnyCase, CaseResult], None] | None = None,
+                what: str = "case") -> None:
+    """Check each case into `run.cases`, with the progress lines; `after` sees each
+    result (notes, localization). --fail-fast stops at the first case that does not pass.
+    A backend that runs out of memory stops the run: the case is an error, the run so far
+    travels on the exception (`partial_run`) so the CLI still writes its reports."""
+    for case in progress_cases(cases, "check", spec.name, backend, run.cases):
+        try:
+            result = check(case)
+        except BackendCrashed as exc:   # out of memory: the backend cannot go on
+            run.cases.append(CaseResult(id=case.id, status=ERROR, line=case.line,
+                                        tags=list(case.tags), error=exc.one_line()))
+            run.notes.append(f"stopped at {what} '{case.id}': {exc.one_line()}")
+            run.finish()
+            exc.partial_run = run
+            raise
+        run.cases.append(result)
+        if after is not None:
+            after(case, result)
+        if fail_fast and result.status != PASS:
+            run.notes.append(f"stopped at the first failing {what} (--fail-fast)")
+            break
+
+
+def finish_run(run: RunResult, started: float) -> RunResult:
+    """Status from the cases (an errored perf section makes the run an error), duration."""
+    run.finish()
+    if run.perf and run.perf.get("status") == ERROR:
+        run.status = ERROR
+    run.duration_s = time.perf_counter() - started
+    return run

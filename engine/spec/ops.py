@@ -1,0 +1,41 @@
+"""The keys of an operator spec (`ops:`): each op's shape, parameters, dtype and seed,
+checked against the operator catalog, and the operator tolerances."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from specengine.spec.model import Determinism, OpCase, OpTolerance
+from specengine.spec.ops_catalog import OPS, resolve_dims, resolve_params
+from specengine.spec.yamlio import Located
+
+
+def build_cases(located: Located, data: dict, determinism: Determinism, base_dir: Path
+                ) -> tuple[list[OpCase], dict]:
+    """(cases, settings) of an ops spec; SpecError with file:line:col."""
+    defaults = data.get("defaults") or {}
+    tol = OpTolerance().merged(defaults.get("tolerance"))
+    seed = int(defaults.get("seed", 0))
+    cases, seen = [], {}
+    for i, entry in enumerate(data["ops"]):
+        cid = entry["id"]
+        if cid in seen:
+            raise located.error(("ops", i, "id"),
+                                f"duplicate op id '{cid}' (first at op {seen[cid] + 1})")
+        seen[cid] = i
+        op = OPS[entry["op"]]
+        dims, problem = resolve_dims(op, entry.get("shape") or {})
+        if dims is None:
+            raise located.error(("ops", i, "shape"), problem)
+        params, problem = resolve_params(op, entry.get("params") or {}, dims)
+        if params is None:
+            raise located.error(("ops", i, "params"), problem)
+        cases.append(OpCase(
+            id=cid, op=op.name, dims=dims, params=params, dtype=entry.get("dtype"),
+            seed=int(entry.get("seed", seed)), tags=tuple(entry.get("tags", ())),
+            tolerance=tol.merged(entry.get("tolerance")),
+            determinism=determinism.merged(entry.get("determinism")),
+            description=entry.get("description", ""), line=located.where(("ops", i))[0]))
+    return cases, {"seed": seed}
+
+
