@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from specengine.errors import OutputError
+from specengine.errors import GoldenError
 
 
 def cache_dir() -> Path:
@@ -183,8 +184,6 @@ def read_golden_json(path, what: str = "golden", limit: int = MAX_GOLDEN_BYTES):
     and no object with a key twice (JSON parsers keep the last one, a reviewer reads the
     first). GoldenError (exit 2) naming the file and the problem."""
     import json
-
-    from specengine.errors import GoldenError
 
     shown = f"{what} {path}"
     try:

@@ -54,7 +54,7 @@ class CaseResult:
     worst_topk: list[TopKRow] = field(default_factory=list)
     error: str = ""
     duration_s: float = 0.0
-    localization: dict[str, Any] | None = None   # check --localize (engine/localize.py)
+    localization: dict[str, Any] | None = None   # check --localize (kinds.causal_lm.localize)
 
     def failures(self) -> list[str]:
         return [f"{c.name}: {c.message}" for c in self.checks if c.status in (FAIL, ERROR)] + (

@@ -75,7 +75,7 @@ class Embedded:
     """One forward pass of an embedding model (text encoder or vision tower), float32.
 
     `pooler_output` is the model's own pooler head output when it returns one; pooling
-    over tokens is done by the engine (engine/embedding.py), the same for every backend.
+    over tokens is done by the engine (kinds.embedding.pooling), the same for every backend.
     """
 
     last_hidden_state: np.ndarray           # (batch, tokens, hidden) float32

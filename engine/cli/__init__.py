@@ -296,7 +296,7 @@ def cmd_init(args) -> int:
 
 
 def _localize_parsers(sub) -> None:
-    """`localize` and `calibrate` (engine/localize.py, engine/calibrate.py)."""
+    """`localize` and `calibrate` (kinds.causal_lm.localize, kinds.causal_lm.calibrate)."""
     p = sub.add_parser("localize", help="find the first layer where a candidate drifts: "
                        "per-layer hidden-state errors against a live reference or the golden's "
                        "layer sketch (exit 1 when a layer is flagged)")

@@ -152,3 +152,19 @@ def dtype_error(exact: np.ndarray, candidate: np.ndarray, rounded_exact: np.ndar
     if not np.isfinite(c).all():
         rms, units = math.inf, math.inf
     return DtypeError(dtype, u, rms, base, rms / denom, units)
+
+
+def limit_failures(stats: ArrayStats, tol) -> list[str]:
+    """What an output's stats break of the optional limits both array kinds share (a
+    tolerance with max_abs_err, max_rel_err, rel_share_1e3_min, rel_share_5e3_min; None
+    means no limit). Pure."""
+    failures = []
+    for value, limit, label in ((stats.max_abs_err, tol.max_abs_err, "max abs err"),
+                                (stats.max_rel_err, tol.max_rel_err, "max rel err")):
+        if limit is not None and not value <= limit:
+            failures.append(f"{label} {value:.3g} > {limit:g}")
+    for value, limit, label in ((stats.rel_share_1e3, tol.rel_share_1e3_min, "rel err < 0.001"),
+                                (stats.rel_share_5e3, tol.rel_share_5e3_min, "rel err < 0.005")):
+        if limit is not None and value < limit:
+            failures.append(f"share {label} {value:.1%} < {limit:.1%}")
+    return failures

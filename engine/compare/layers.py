@@ -145,7 +145,7 @@ def layer_metrics(index: int, name: str, ref: np.ndarray, cand: np.ndarray) -> L
 
 def sketch_layer_metrics(index: int, name: str, ref_v: np.ndarray, cand_v: np.ndarray,
                          ref_norms: Sequence[float], cand_norms: Sequence[float]) -> LayerMetrics:
-    """Metrics of one layer estimated from sketches (engine/sketch.py).
+    """Metrics of one layer estimated from sketches (compare.sketch).
 
     The sketch is linear and each position is scaled by the reference's stored norm n_p, so
     the reference's weighted norm is 1 (exactly, up to the rounding of n_p) and

@@ -1,5 +1,5 @@
 """Seeded random-projection sketches of per-layer hidden states, so that a golden alone
-is enough to localize a drift (engine/localize.py).
+is enough to localize a drift (kinds.causal_lm.localize).
 
 A sketch of one layer's hidden states H (T positions × d features) over the chosen
 positions P (at most MAX_POSITIONS of the T, spread evenly, first and last included):

@@ -1,4 +1,4 @@
-"""Comparison semantics (DESIGN §4), as pure functions: numpy in, result dataclasses out.
+"""Comparison semantics of token distributions, as pure functions: numpy in, result dataclasses out.
 
 No backend, spec or file I/O here: every function takes arrays (or the text it judges)
 and returns a dataclass with `passed` and the measured numbers.

@@ -15,6 +15,7 @@ from specengine.results import Side
 from specengine.loading.sources import ResolvedSource, resolve
 from specengine.spec import Case, ModelSpec, Spec
 from specengine.loading.tokenizer import Tokenizer, load_tokenizer
+from specengine.progress import step
 
 
 def model_for(spec: Spec, backend_name: str) -> tuple[ModelSpec, bool]:
@@ -88,7 +89,6 @@ def open_session(spec: Spec, backend_name: str, model_kind: str | None = None,
     (exit 2 if missing) as a `model_kind` model when given, load it (a runtime's failure
     is exit 3, converted by the backend base class), and load the tokenizer of the spec's
     model when `tokenizer`. Without `load_model` the backend runs no model (ops)."""
-    from specengine.progress import step
 
     config = config_for(backend_name, spec.backends)
     if not load_model:

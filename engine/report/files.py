@@ -18,6 +18,9 @@ from typing import Any
 from specengine.errors import OutputError, UsageError
 from specengine.results import RESULTS_FORMAT, RunResult, from_dict
 from specengine.report.text import one_line, truncate
+from specengine.report.markdown import render_markdown
+from specengine.report.render import render_html, render_junit
+from specengine.spec import schema
 
 PathLike = str | os.PathLike
 
@@ -59,8 +62,6 @@ def write_reports(runs: list[RunResult], *, json_path: PathLike | None = None,
                   junit: PathLike | None = None) -> None:
     """Write each requested report. Everything is rendered before the first file is
     written, so a rendering problem leaves no partial set of reports behind."""
-    from specengine.report.markdown import render_markdown
-    from specengine.report.render import render_html, render_junit
 
     jobs = [(json_path, dump_results), (markdown, render_markdown), (html, render_html),
             (junit, render_junit)]
@@ -104,8 +105,6 @@ def load_results(path: PathLike) -> list[RunResult]:
     `UsageError` with a one-line message naming the file."""
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
-
-    from specengine.spec import schema
 
     data = _read_json(path)
     if not isinstance(data, dict) or "runs" not in data or "format" not in data:

@@ -1,4 +1,4 @@
-"""The per-layer chart of a localization (engine/localize.py): inline SVG, no script.
+"""The per-layer chart of a localization (kinds.causal_lm.localize): inline SVG, no script.
 
 Panels share the layer axis (embedding, 0 … N−1, final norm): rel_err on a log scale
 with the rule's floor, 1 − cosine on a log scale, and — when both sides' full hidden

@@ -89,7 +89,7 @@ def _case_lines(case, widths: list[int], color: bool, metric_cells=None,
         for side in ("golden", "candidate"):
             text = truncate(one_line(marked(case, side)), MESSAGE_WIDTH)
             out.append("      " + _paint(f"{side + ':':<10} {text}", "dim", color))
-    if getattr(case, "localization", None):   # check --localize (engine/localize.py)
+    if getattr(case, "localization", None):   # check --localize (kinds.causal_lm.localize)
         from specengine.report.layers import localization_line
 
         out.append("      ↳ " + truncate(one_line(localization_line(case.localization)),

@@ -10,7 +10,7 @@ from pathlib import Path
 from specengine.compare.tolerances import Tolerance, ToleranceSource
 from specengine.errors import SpecError
 from specengine.spec.long_prompt import Recipe, read_text_file, sweep_lengths
-from specengine.spec.model import Case, Determinism
+from specengine.spec.model import Case, Determinism, check_unique_id
 from specengine.spec.yamlio import Located
 
 
@@ -26,11 +26,7 @@ def build_cases(located: Located, data: dict, det: Determinism, base_dir: Path
     base_kwargs = defaults.get("chat_template_kwargs", {})
     _check_tolerance(located, ("defaults",), tol, base_k)
     for i, entry in enumerate(data["cases"]):
-        cid = entry["id"]
-        if cid in seen:
-            raise located.error(("cases", i, "id"),
-                                f"duplicate case id '{cid}' (first at case {seen[cid] + 1})")
-        seen[cid] = i
+        cid = check_unique_id(located, "cases", i, seen)
         case_tol = tol.merged(entry.get("tolerance"))
         top_k = entry.get("top_k", base_k)
         _check_tolerance(located, ("cases", i), case_tol, top_k)

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from specengine.spec.yamlio import Located
+from specengine.backends.registry import known_runtimes
 
 MAX_INT = 2 ** 63 - 1
 
@@ -33,7 +34,6 @@ def check_numbers(located: Located) -> None:
 
 
 def check_runtime(located: Located, name: str, runtime: str) -> None:
-    from specengine.backends.registry import known_runtimes
 
     known = known_runtimes()
     if runtime not in known:

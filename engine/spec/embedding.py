@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from specengine.spec.model import Determinism, EmbeddingCase, EmbeddingSettings, EmbeddingTolerance
+from specengine.spec.model import (Determinism, EmbeddingCase, EmbeddingSettings,
+                                   EmbeddingTolerance, check_unique_id)
 from specengine.spec.paths import expand_path
 from specengine.spec.yamlio import Located
 
@@ -18,11 +19,7 @@ def build_cases(located: Located, data: dict, determinism: Determinism, base_dir
     settings = EmbeddingSettings.from_dict(data.get("embedding"))
     cases, seen = [], {}
     for i, entry in enumerate(data["cases"]):
-        cid = entry["id"]
-        if cid in seen:
-            raise located.error(("cases", i, "id"),
-                                f"duplicate case id '{cid}' (first at case {seen[cid] + 1})")
-        seen[cid] = i
+        cid = check_unique_id(located, "cases", i, seen)
         images = written = None
         if "images" in entry:
             written = list(entry["images"])

@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+from specengine.errors import SpecError
 
 MAX_PROMPT_FILE_BYTES = 4 * 1024 * 1024
 MAX_TOKENS = 1_048_576
@@ -88,7 +89,6 @@ class Recipe:
 
 def read_text_file(path: Path, what: str) -> str:
     """A UTF-8 text file beside a spec: regular file, size-checked before reading."""
-    from specengine.errors import SpecError
 
     try:
         if not path.is_file():

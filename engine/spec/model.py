@@ -231,3 +231,14 @@ class Spec:
                 return case
         raise KeyError(case_id)
 
+
+def check_unique_id(located: Located, section: str, index: int, seen: dict[str, int],
+                    what: str = "case") -> str:
+    """The id of entry `index` of `section` (cases / ops), refused with file:line:col when
+    an earlier entry has it; `seen` maps each id to its first index."""
+    cid = located.data[section][index]["id"]
+    if cid in seen:
+        raise located.error((section, index, "id"),
+                            f"duplicate {what} id '{cid}' (first at {what} {seen[cid] + 1})")
+    seen[cid] = index
+    return cid

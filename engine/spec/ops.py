@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from specengine.spec.model import Determinism, OpCase, OpTolerance
+from specengine.spec.model import Determinism, OpCase, OpTolerance, check_unique_id
 from specengine.spec.ops_catalog import OPS, resolve_dims, resolve_params
 from specengine.spec.yamlio import Located
 
@@ -18,11 +18,7 @@ def build_cases(located: Located, data: dict, determinism: Determinism, base_dir
     seed = int(defaults.get("seed", 0))
     cases, seen = [], {}
     for i, entry in enumerate(data["ops"]):
-        cid = entry["id"]
-        if cid in seen:
-            raise located.error(("ops", i, "id"),
-                                f"duplicate op id '{cid}' (first at op {seen[cid] + 1})")
-        seen[cid] = i
+        cid = check_unique_id(located, "ops", i, seen, "op")
         op = OPS[entry["op"]]
         dims, problem = resolve_dims(op, entry.get("shape") or {})
         if dims is None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+from specengine.portable_init import uniforms
+from specengine.portable_init import unit_noise
 
 REQUIRED = object()
 
@@ -302,12 +304,10 @@ class PortableRng:
         return f"ops-input-{self.calls}"
 
     def standard_normal(self, shape) -> np.ndarray:
-        from specengine.portable_init import unit_noise
 
         return unit_noise(self.seed, self._stream(), tuple(shape))
 
     def uniform(self, shape) -> np.ndarray:
-        from specengine.portable_init import uniforms
 
         return uniforms(self.seed, self._stream(), tuple(shape))[0]
 

@@ -20,6 +20,11 @@ from specengine.errors import BackendCrashed, BackendUnavailable, ModelSourceErr
 
 from specengine.backends.base import (Backend, BackendConfig, Generation, Scores,
     log_mass_excluding, topk_with_tail)
+from specengine.backends.onnx import export as onnx_export
+from specengine.backends.onnx.export import META_FILE
+from specengine.backends.onnx.graph import GraphError, OnnxGraph
+from specengine.backends.onnx.graph import log_softmax
+from specengine.files import read_json
 
 DEVICES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda",
            "TensorrtExecutionProvider": "cuda", "CANNExecutionProvider": "npu",
@@ -56,7 +61,6 @@ class OnnxBackend(Backend):
 
     # -- loading ---------------------------------------------------------------------
     def load(self, source) -> None:
-        from specengine.backends.onnx.graph import GraphError, OnnxGraph
 
         if getattr(source.spec, "kind", "causal-lm") != "causal-lm":
             raise BackendUnavailable(f"backend '{self.name}': this ONNX backend runs causal "
@@ -78,7 +82,6 @@ class OnnxBackend(Backend):
         self.load_s = time.perf_counter() - start
 
     def _graph_path(self, source) -> tuple[Path, dict[str, Any]]:
-        from specengine.backends.onnx import export as onnx_export
 
         user_file = (self.config.options or {}).get("onnx_file")
         if user_file:
@@ -121,7 +124,6 @@ class OnnxBackend(Backend):
 
     def _generate_one(self, prompt: list[int], max_new_tokens: int, top_k: int,
                       stop: set[int], wanted: np.ndarray | None = None) -> Generation:
-        from specengine.backends.onnx.graph import log_softmax
 
         graph = self._need_graph()
         start = time.perf_counter()
@@ -162,7 +164,6 @@ class OnnxBackend(Backend):
 
     def score_incremental(self, prompt_ids: Sequence[int], target_ids: Sequence[int],
                           gather_ids: np.ndarray, top_k: int, start: int = 0) -> Scores:
-        from specengine.backends.onnx.graph import log_softmax
 
         graph = self._need_graph()
         gather = np.asarray(gather_ids, dtype=np.int64)
@@ -190,7 +191,6 @@ class OnnxBackend(Backend):
 
     def score(self, prompt_ids: Sequence[int], target_ids: Sequence[int],
               gather_ids: np.ndarray, top_k: int) -> Scores:
-        from specengine.backends.onnx.graph import log_softmax
 
         graph = self._need_graph()
         n = len(target_ids)
@@ -209,7 +209,6 @@ class OnnxBackend(Backend):
 
     # -- description -----------------------------------------------------------------
     def environment(self) -> dict[str, Any]:
-        from specengine.backends.onnx import export as onnx_export
 
         versions = {k: v for k, v in onnx_export.library_versions().items() if v != "missing"}
         versions["onnxruntime"] = self.ort.__version__
@@ -250,9 +249,6 @@ def _stack(rows: list[np.ndarray], k: int, dtype) -> np.ndarray:
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
     """Metadata written beside a graph by specengine's export, if the file came from one."""
-    from specengine.files import read_json
-
-    from specengine.backends.onnx.export import META_FILE
 
     meta = read_json(path.parent / META_FILE)
     return meta if isinstance(meta, dict) else {}

@@ -26,6 +26,11 @@ import numpy as np
 from specengine.errors import BackendCrashed, BackendUnavailable, brief
 
 from specengine.backends.base import Backend, BackendConfig, Embedded, Generation, Scores
+from specengine.backends.host import cpu_name
+from specengine.backends.torch.models import load_torch_model
+from specengine.files import building_dir
+from specengine.files import cache_dir
+from specengine.progress import step
 
 OPSET = 18
 
@@ -69,19 +74,12 @@ class OnnxEncoderBackend(Backend):
         import onnx
         import torch
 
-        from specengine.files import cache_dir
-
         key = json.dumps({"model": self.resolved.fingerprint, "inputs": names, "opset": OPSET,
                           "torch": torch.__version__, "onnx": onnx.__version__}, sort_keys=True)
         return cache_dir() / "onnx-encoder" / hashlib.sha256(key.encode()).hexdigest()[:24]
 
     def _export(self, feeds: dict[str, np.ndarray], target: Path) -> None:
         import torch
-
-        from specengine.files import building_dir
-        from specengine.progress import step
-
-        from specengine.backends.torch.models import load_torch_model
 
         names = tuple(sorted(feeds))
         model = load_torch_model(self.resolved, "float32", "cpu")
@@ -184,8 +182,6 @@ class OnnxEncoderBackend(Backend):
 
     def environment(self) -> dict[str, Any]:
         import onnx
-
-        from specengine.backends.host import cpu_name
 
         versions = {"onnxruntime": self.ort.__version__, "onnx": onnx.__version__}
         try:

@@ -36,6 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from specengine.errors import BackendUnavailable
+from specengine.backends.onnx.graph import OnnxGraph
+from specengine.backends.onnx.patches import export_friendly
+from specengine.backends.torch.models import load_torch_model
+from specengine.files import building_dir, cache_dir, read_json
+from specengine.files import offline
+from specengine.progress import step
 
 RECIPE = "hf-decode-step/3"       # bump when the export recipe changes what it writes
 GRAPH_FILE = "model.onnx"
@@ -87,14 +93,12 @@ def export_key(fingerprint: str, settings: dict[str, Any]) -> str:
 def cached_graph(resolved, settings: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     """The exported graph of `resolved` (exporting it first if the cache lacks it) and its
     metadata (`meta["exported_now"]` says whether this call exported)."""
-    from specengine.files import building_dir, cache_dir, read_json
 
     key = export_key(resolved.fingerprint, settings)
     folder = cache_dir() / "onnx" / key
     meta = read_json(folder / META_FILE)
     if meta is not None and (folder / GRAPH_FILE).is_file():
         return folder / GRAPH_FILE, dict(meta, exported_now=False)
-    from specengine.progress import step
 
     with step(f"exporting {resolved.origin} to ONNX (once, cached in {folder})"):
         with building_dir(folder) as tmp:
@@ -125,7 +129,6 @@ def _export(resolved, settings: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def _trace_and_save(resolved, settings: dict[str, Any], out: Path) -> dict[str, Any]:
-    from specengine.files import offline
 
     offline()
     import onnx_ir
@@ -134,9 +137,6 @@ def _trace_and_save(resolved, settings: dict[str, Any], out: Path) -> dict[str, 
     from transformers.exporters.configs import OnnxConfig
     from transformers.exporters.exporter_onnx import OnnxExporter
     from transformers.exporters.utils import decompose_for_generation, get_leaf_tensors
-
-    from specengine.backends.onnx.patches import export_friendly
-    from specengine.backends.torch.models import load_torch_model
 
     model = load_torch_model(resolved, settings["dtype"], "cpu")
     ids = probe_ids(model.config)
@@ -242,8 +242,6 @@ def _validate(model, path: Path, meta: dict[str, Any], ids, settings) -> dict[st
     import numpy as np
     import onnxruntime as ort
     import torch
-
-    from specengine.backends.onnx.graph import OnnxGraph
 
     with torch.no_grad():
         ref = model(input_ids=ids, use_cache=False).logits[0].float().numpy()

@@ -36,13 +36,11 @@ timeout; requests are retried a bounded number of times with exponential backoff
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-import numpy as np
 
 from specengine.errors import BackendCrashed, BackendUnavailable
 
@@ -50,8 +48,8 @@ from specengine.backends.base import Backend, BackendConfig, Generation
 from specengine.backends.openai.dialects import (NOT_GREEDY_CAUSES, SAMPLING_KEYS,
     describe_quantization, describe_sampling, identify, neutral_sampling, parse_options)
 from specengine.backends.openai.http import HttpClient, ServerDown, ServerRejected
-from specengine.backends.openai.replies import (FLOOR, NoPromptLogprobs, Reply, Step,
-    completion_steps, latency_summary, tail_of)
+from specengine.backends.openai.replies import (NoPromptLogprobs, Reply, Step, completion_steps,
+                                                latency_summary, steps_to_arrays)
 from specengine.backends.openai.scoring import ServedScoring
 from specengine.backends.openai.tokens import resegment
 
@@ -324,32 +322,7 @@ class OpenAIBackend(ServedScoring, Backend):
     def _steps_to_arrays(self, steps: list[Step], top_k: int):
         """Chosen ids and (steps, k) top-k arrays; (None, ...) when a chosen token does not
         map back to an id (the ids are then re-tokenized from the text)."""
-        chosen, rows = [], []
-        for step in steps:
-            tid = self._token_id(step.token, step.bytes)
-            if tid is None:
-                self.counts["unmapped_tokens"] += 1
-                return None, (None, None, None)
-            chosen.append(tid)
-            row: dict[int, float] = {}
-            for tok, lp, raw in step.top:
-                alt = self._token_id(tok, raw)
-                if alt is None:
-                    self.counts["unmapped_tokens"] += 1
-                    continue
-                row[alt] = max(row.get(alt, -math.inf), float(lp))
-            if step.logprob is not None:
-                row.setdefault(tid, float(step.logprob))
-            rows.append(sorted(row.items(), key=lambda kv: -kv[1]))
-        # every row as wide as the case's top_k: a row with fewer served entries (tokens
-        # that share a text, or that map to no id) is padded with id -1 at its lowest
-        # shown log-prob, an upper bound for anything the server did not show
-        k = max(1, top_k)
-        rows = [(r + [(-1, r[-1][1] if r else FLOOR)] * k)[:k] for r in rows]
-        top_ids = np.array([[i for i, _ in r] for r in rows], dtype=np.int64).reshape(-1, k)
-        top_lp = np.array([[v for _, v in r] for r in rows], dtype=np.float32).reshape(-1, k)
-        tail = tail_of(top_lp)
-        return chosen, (top_ids, top_lp, tail)
+        return steps_to_arrays(steps, top_k, self._token_id, self.counts)
 
     # -- golden alignment, environment ------------------------------------------------
     def align_to_golden(self, gen: Generation, golden_ids: Sequence[int], tokenizer: Any,
@@ -405,9 +378,6 @@ class OpenAIBackend(ServedScoring, Backend):
                 "dtype": self.config.dtype, "quantization": self.config.quantization,
                 "versions": {"server": f"{engine} {version}" if version else engine},
                 "settings": settings}
-
-    def peak_memory_bytes(self) -> None:
-        return None
 
     def close(self) -> None:
         self._maps = None

@@ -23,6 +23,7 @@ from specengine.errors import UsageError
 
 from specengine.backends.base import BackendConfig
 from specengine.backends.openai.http import HttpClient, ServerDown, ServerRejected
+from specengine.interp import MissingVariable, expand
 
 DEFAULTS: dict[str, Any] = {
     "base_url": None, "model": None, "api_key_env": None, "timeout_s": 60.0, "retries": 2,
@@ -177,7 +178,6 @@ def identify(client: HttpClient, models: list[dict], dialect: str) -> tuple[str,
 
 def parse_options(config: BackendConfig) -> dict[str, Any]:
     """The backend's options with defaults; unknown or bad ones are a UsageError (exit 2)."""
-    from specengine.interp import MissingVariable, expand
 
     opts = dict(DEFAULTS)
     for key, value in (config.options or {}).items():

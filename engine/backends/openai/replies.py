@@ -112,3 +112,34 @@ def tail_of(top_lp: np.ndarray) -> np.ndarray:
         tail = np.log(np.clip(1.0 - mass, 0.0, None))
     return np.maximum(tail, FLOOR).astype(np.float32)
 
+
+def steps_to_arrays(steps: list, top_k: int, token_id, counts: dict):
+    """Chosen ids and (steps, k) top-k arrays of served steps, mapping each returned token
+    back to an id with `token_id(token, bytes)`; (None, (None,)*3) when a chosen token does
+    not map back (the ids are then re-tokenized from the text). Unmapped tokens are
+    counted in counts["unmapped_tokens"]."""
+    chosen, rows = [], []
+    for step in steps:
+        tid = token_id(step.token, step.bytes)
+        if tid is None:
+            counts["unmapped_tokens"] += 1
+            return None, (None, None, None)
+        chosen.append(tid)
+        row: dict[int, float] = {}
+        for tok, lp, raw in step.top:
+            alt = token_id(tok, raw)
+            if alt is None:
+                counts["unmapped_tokens"] += 1
+                continue
+            row[alt] = max(row.get(alt, -math.inf), float(lp))
+        if step.logprob is not None:
+            row.setdefault(tid, float(step.logprob))
+        rows.append(sorted(row.items(), key=lambda kv: -kv[1]))
+    # every row as wide as the case's top_k: a row with fewer served entries (tokens
+    # that share a text, or that map to no id) is padded with id -1 at its lowest
+    # shown log-prob, an upper bound for anything the server did not show
+    k = max(1, top_k)
+    rows = [(r + [(-1, r[-1][1] if r else FLOOR)] * k)[:k] for r in rows]
+    top_ids = np.array([[i for i, _ in r] for r in rows], dtype=np.int64).reshape(-1, k)
+    top_lp = np.array([[v for _, v in r] for r in rows], dtype=np.float32).reshape(-1, k)
+    return chosen, (top_ids, top_lp, tail_of(top_lp))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from specengine.errors import BackendCrashed, ModelSourceError, brief
+from specengine.files import offline
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -21,7 +22,6 @@ def load_torch_model(resolved, dtype: str = "float32", device: str = "cpu",
                      device_map: Any = None, max_memory: dict | None = None):
     """from_pretrained on the resolved local folder: offline, remote code only when the
     spec opts in, cast to `dtype`, moved to `device` (unless a device_map places it)."""
-    from specengine.files import offline
 
     offline()
     from transformers import AutoModel, AutoModelForCausalLM

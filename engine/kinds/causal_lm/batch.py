@@ -1,4 +1,4 @@
-"""Batch invariance (DESIGN §4.3): a case alone vs the same case inside a batch.
+"""Batch invariance: a case alone vs the same case inside a batch.
 
 For each size in `determinism.batch_sizes` larger than 1, the case runs in row 0 of a
 batch whose other rows are the spec's other cases, in spec order, cycling (the case

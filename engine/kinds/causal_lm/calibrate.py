@@ -16,7 +16,7 @@ The proposal (pure, `propose`):
   they are unless a benign divergence of the good pair needed more (then its rank, and
   its margin × headroom).
 
-Nothing here imports torch; `measure` runs the check (engine/run.py) which does.
+Nothing here imports torch; `measure` runs the check (kinds.causal_lm.check), which does.
 """
 
 from __future__ import annotations
@@ -30,6 +30,13 @@ from typing import Any, Sequence
 
 from specengine.results import RunResult
 from specengine.spec import Spec, Tolerance
+from specengine.compare.tolerances import DEFAULTS
+from specengine.errors import UsageError
+from specengine.files import atomic_write_text
+from specengine.golden.store import default_golden_dir
+from specengine.kinds.base import select_cases
+from specengine.kinds.causal_lm.check import check_spec
+from specengine.spec import parse_spec
 
 HEADROOM = 2.0
 # metric in the check -> (tolerance key, floor)
@@ -219,9 +226,6 @@ def propose(samples: Sequence[CaseSample], current: Tolerance,
 def measure(spec: Spec, backend: str, against: str | None, golden_dir: Path | None,
             case_ids: list[str] | None = None, headroom: float = HEADROOM) -> Calibration:
     """Run the good pair once (no repeats, no batches) and propose tolerances."""
-    from specengine.errors import UsageError
-    from specengine.kinds.base import select_cases
-    from specengine.kinds.causal_lm.check import check_spec
 
     if spec.kind != "causal-lm":
         raise UsageError(f"{spec.path}: calibrate proposes causal-lm tolerances (this spec is "
@@ -230,7 +234,6 @@ def measure(spec: Spec, backend: str, against: str | None, golden_dir: Path | No
              for c in select_cases(spec, case_ids)]
     run = check_spec(spec, backend, golden_dir, against, cases)
     samples = samples_of(run)
-    from specengine.compare.tolerances import DEFAULTS
 
     base = DEFAULTS.get(run.tolerance_class, Tolerance()).merged(
         (spec.located.data.get("defaults") or {}).get("tolerance"))
@@ -268,9 +271,6 @@ def write_tolerances(path: Path, tolerance: dict[str, Any]) -> str:
 
     from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedMap
-
-    from specengine.files import atomic_write_text
-    from specengine.spec import parse_spec
 
     path = Path(path)
     original = path.read_text("utf-8")
@@ -362,9 +362,6 @@ def cli_main(args: Any, load_specs: Any) -> int:
     """`specengine calibrate SPEC --backend X [--against Y]`: measure, print, and with
     --write put the proposal into the spec (comments kept, validated). Exit 0."""
     import json
-
-    from specengine.golden.store import default_golden_dir
-    from specengine.files import atomic_write_text
 
     spec = load_specs([args.spec])[0]
     cal = measure(spec, args.backend, args.against, args.golden_dir or default_golden_dir(spec.path),

@@ -22,6 +22,7 @@ from specengine.kinds.causal_lm.localize_decode import localize_decode_record
 from specengine.kinds.causal_lm.record import record_case
 from specengine.loading.session import open_session
 from specengine.progress import bar
+from specengine.report.render import environment
 
 
 def localize_spec(spec: Any, case_ids: list[str] | None, backend: str, against: str | None,
@@ -99,7 +100,6 @@ def render_text(loc: Localization) -> str:
 
 def render_html(locs: Sequence[Localization], spec_name: str) -> str:
     """A self-contained HTML page (templates/localize.html.j2) for the command."""
-    from specengine.report.render import environment
 
     dicts = [loc.to_dict() for loc in locs]
     first = locs[0] if locs else None

@@ -23,6 +23,7 @@ from specengine.kinds.causal_lm.decode import clear_of_ties
 from specengine.compare.layers import GROWTH, Localization, default_floor, localize_states
 from specengine.kinds.causal_lm.layers import capture
 from specengine.compare.tolerances import DEFAULTS, dtype_class
+from specengine.errors import BackendUnavailable
 
 
 def golden_topk_ids(record: dict) -> np.ndarray:
@@ -65,7 +66,6 @@ def localize_decode_record(backend: Any, record: dict, case_id: str, *, candidat
                            growth: float = GROWTH, floor: float | None = None,
                            step: int | None = None) -> Localization:
     """Localize one case's decode path on a loaded candidate (see the module docstring)."""
-    from specengine.errors import BackendUnavailable
 
     if not backend.supports_incremental:
         raise BackendUnavailable(f"backend '{candidate}' cannot be fed tokens through its KV "

@@ -17,6 +17,10 @@ from specengine.results import FAIL, NOT_RUN, PASS, CaseResult, Check, Side
 from specengine.loading.session import Session
 from specengine.spec import Case
 from specengine.compare.tolerances import dtype_class
+from specengine.compare.distribution import PATHS, distribution, judge
+from specengine.kinds.causal_lm.localize_decode import localize_decode_record
+from specengine.spec.long_prompt import ids_sha256
+from specengine.spec.long_prompt import prompt_positions
 
 
 def side_class(side: Side) -> str:
@@ -26,7 +30,6 @@ def side_class(side: Side) -> str:
 
 def prompt_steps(session: Session, ids: list[int], top_k: int) -> dict:
     """The reference's own top-k at a long prompt's sampled positions (one forward pass)."""
-    from specengine.spec.long_prompt import prompt_positions
 
     positions = prompt_positions(len(ids))
     scores = session.backend.score_positions(ids, positions, np.zeros((len(positions), 1),
@@ -76,7 +79,6 @@ def stored_record(record: dict) -> dict:
     by its length and the sha256 of its ids (the recipe is in the settings), not the ids."""
     if "prompt_recipe" not in record.get("settings", {}):
         return record
-    from specengine.spec.long_prompt import ids_sha256
 
     out = {k: v for k, v in record.items() if k != "prompt_ids"}
     out["prompt_ids_sha256"] = ids_sha256(record["prompt_ids"])
@@ -113,7 +115,6 @@ def decode_only_failure(result: CaseResult) -> bool:
 def localize_decode(session: Session, result: CaseResult, record: dict) -> None:
     """check --localize for a decode-path failure: the first layer whose incremental state
     departs from the candidate's own one-pass state (a problem becomes the `error`)."""
-    from specengine.kinds.causal_lm.localize_decode import localize_decode_record
 
     try:
         loc = localize_decode_record(session.backend, record, result.id,
@@ -127,7 +128,6 @@ def localize_decode(session: Session, result: CaseResult, record: dict) -> None:
 def spec_distribution(cases: list[CaseResult], limits: dict | None) -> dict | None:
     """Distribution statistics over every compared position of every case, per path
     (one-pass `prefill`, incremental `decode`), and the spec-level limits they break."""
-    from specengine.compare.distribution import PATHS, distribution, judge
 
     out: dict = {"failures": [], "limits": dict(limits or {})}
     for path in PATHS:

@@ -58,7 +58,7 @@ GIB = float(1 << 30)
 
 @dataclass(frozen=True)
 class PerfSettings:
-    """The spec's `perf:` section with its defaults (DESIGN §2)."""
+    """The spec's `perf:` section with its defaults."""
 
     warmup: int = 1
     runs: int = 5

@@ -12,7 +12,7 @@ object:
 
 `data` is the truth (exact float32, 4 bytes per value, +33% for base64); `norms` and
 `preview` exist so a git diff of a re-recorded golden says something to a reader. The
-golden as a whole has the same rules as text goldens (engine/golden.py): sorted keys,
+golden as a whole has the same rules as every golden (golden.store): sorted keys,
 a content hash against hand edits (`content_sha256`), a per-case hash of the inputs,
 settings and model fingerprint against staleness, atomic writes, path confinement.
 """

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from specengine.backends.registry import config_for
-from specengine.compare.arrays import ArrayStats, array_stats
+from specengine.compare.arrays import ArrayStats, array_stats, limit_failures
 from specengine.errors import BackendCrashed, GoldenError
 from specengine.golden.store import Golden, golden_path, previous_golden, replace_golden
 from specengine.kinds.base import check_cases, finish_run, new_run, record_cases, run_checks
@@ -159,14 +159,7 @@ def output_check(name: str, stats: ArrayStats, tol: EmbeddingTolerance) -> Check
         failures.append("candidate output contains NaN or Inf")
     if stats.cosine_min < cos_min:
         failures.append(f"cosine {stats.cosine_min:.6f} < {cos_min} ({per} {stats.worst_row})")
-    for value, limit, label in ((stats.max_abs_err, tol.max_abs_err, "max abs err"),
-                                (stats.max_rel_err, tol.max_rel_err, "max rel err")):
-        if limit is not None and not value <= limit:
-            failures.append(f"{label} {value:.3g} > {limit:g}")
-    for value, limit, label in ((stats.rel_share_1e3, tol.rel_share_1e3_min, "rel err < 0.001"),
-                                (stats.rel_share_5e3, tol.rel_share_5e3_min, "rel err < 0.005")):
-        if limit is not None and value < limit:
-            failures.append(f"share {label} {value:.1%} < {limit:.1%}")
+    failures += limit_failures(stats, tol)
     summary = (f"cosine min {stats.cosine_min:.6f} over {stats.rows} {per}s, max |Δ| "
                f"{stats.max_abs_err:.3g}, max rel {stats.max_rel_err:.3g}, rel<1e-3 "
                f"{stats.rel_share_1e3:.1%}, rel<5e-3 {stats.rel_share_5e3:.1%}")

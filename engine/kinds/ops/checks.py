@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from specengine.compare.arrays import array_stats, dtype_error
+from specengine.compare.arrays import array_stats, dtype_error, limit_failures
 from specengine.kinds.ops.runner import round_to
 from specengine.results import FAIL, NOT_RUN, PASS, Check
 from specengine.spec import OpCase, OpTolerance
@@ -30,14 +30,7 @@ def float_check(name: str, reference: np.ndarray, candidate: np.ndarray, oracle:
     if not derr.dtype_error_ratio <= tol.dtype_error_ratio_max:
         failures.append(f"error {derr.dtype_error_ratio:.3g}x the {dtype} rounding error "
                         f"> {tol.dtype_error_ratio_max:g}x")
-    for value, limit, label in ((stats.max_abs_err, tol.max_abs_err, "max abs err"),
-                                (stats.max_rel_err, tol.max_rel_err, "max rel err")):
-        if limit is not None and not value <= limit:
-            failures.append(f"{label} {value:.3g} > {limit:g}")
-    for value, limit, label in ((stats.rel_share_1e3, tol.rel_share_1e3_min, "rel err < 0.001"),
-                                (stats.rel_share_5e3, tol.rel_share_5e3_min, "rel err < 0.005")):
-        if limit is not None and value < limit:
-            failures.append(f"share {label} {value:.1%} < {limit:.1%}")
+    failures += limit_failures(stats, tol)
     summary = (f"{dtype}: max |Δ| {stats.max_abs_err:.3g}, max rel {stats.max_rel_err:.3g}, "
                f"rel<1e-3 {stats.rel_share_1e3:.1%}, rel<5e-3 {stats.rel_share_5e3:.1%}, cosine min "
                f"{stats.cosine_min:.6f}; {derr.dtype_error_ratio:.3g}x the {dtype} rounding error "
