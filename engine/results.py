@@ -159,6 +159,8 @@ class RunResult:
         if self.distribution and self.distribution.get("failures"):
             statuses.add(FAIL)
         self.status = ERROR if ERROR in statuses else FAIL if FAIL in statuses else PASS
+        if self.status == PASS and self.cases and statuses == {NOT_RUN}:
+            self.status = NOT_RUN   # nothing could be compared: never a pass
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

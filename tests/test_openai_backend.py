@@ -436,6 +436,44 @@ def _assert_text_only_run(run: dict) -> None:
     assert any("not run" in note for note in run["notes"])
 
 
+def _with_served_backend(spec_file: Path, tmp_path: Path, base_url: str) -> Path:
+    """A copy of a spec (its relative paths kept) with a `served` openai backend."""
+    text = spec_file.read_text(encoding="utf-8").replace("\nreference:", "\nbackends:\n  served:\n"
+                                                         "    runtime: openai\n    options: "
+                                                         + json.dumps({"base_url": base_url,
+                                                                       "timeout_s": 60})
+                                                         + "\nreference:", 1)
+    path = spec_file.parent / f".served-{tmp_path.name}-{spec_file.name}"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("spec_file,what", [
+    (REPO / "specs" / "ops" / "ernie45-ops.yaml", "operator specs"),
+    (REPO / "specs" / "minilm-l6.yaml", "embedding models"),
+])
+def test_kinds_a_server_cannot_run_are_not_run_never_an_error_or_a_pass(
+        stub_with_logprobs, tmp_path, spec_file, what):
+    """An ops or embedding spec on a served (openai) backend: every case is `not-run` with
+    the reason (a missing optional feature), the run is not-run, and the gate does not pass
+    (exit 1: nothing was compared)."""
+    spec = _with_served_backend(spec_file, tmp_path, stub_with_logprobs.base_url)
+    out = tmp_path / "out.json"
+    try:
+        result = cli("check", spec, "--backend", "served", "--golden-dir", GOLDEN_DIR,
+                     "--json", out, "--junit", tmp_path / "out.xml", timeout=600)
+    finally:
+        spec.unlink()
+    assert result.rc == 1, result.text
+    assert "Traceback" not in result.text
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["status"] == "not-run"
+    assert run["cases"] and all(c["status"] == "not-run" for c in run["cases"])
+    assert all(c["checks"][0]["status"] == "not-run" and what in c["checks"][0]["message"]
+               for c in run["cases"])
+    assert "not run" in result.text
+
+
 # -- transformers serve ------------------------------------------------------------------
 
 def _serve_available() -> bool:

@@ -135,6 +135,8 @@ class Backend(ABC):
     supports_positions: bool = False
     # `embed`: embedding models (text encoders, vision towers)
     supports_embedding: bool = False
+    # `run_op`: operator specs
+    supports_ops: bool = False
     # the runtime tokenizes chats itself (served): `use_tokenizer` / `bind_chats` matter
     wants_tokenizer: bool = False
     # why a served model may not be greedy at temperature 0 (None: it always is)

@@ -18,7 +18,8 @@ from typing import Callable, Iterable, Sequence
 
 from specengine.errors import BackendCrashed, SpecEngineError, UsageError, brief
 from specengine.progress import cases as progress_cases
-from specengine.results import ERROR, FAIL, PASS, CaseResult, RunResult, Side, comparison_label
+from specengine.results import (ERROR, FAIL, NOT_RUN, PASS, CaseResult, Check, RunResult, Side,
+                                comparison_label)
 from specengine.spec import AnyCase, Spec
 
 
@@ -209,6 +210,17 @@ def check_cases(run: RunResult, spec: Spec, backend: str, cases: Sequence[AnyCas
         if fail_fast and result.status != PASS:
             run.notes.append(f"stopped at the first failing {what} (--fail-fast)")
             break
+
+
+def not_run_cases(run: RunResult, cases: Sequence[AnyCase], check: str, reason: str,
+                  describe: Callable[[AnyCase], str] = lambda case: "") -> None:
+    """Every case `not-run` with the reason: a backend without the capability the kind
+    needs (an optional feature, never an error); the run is then not-run, not a pass."""
+    for case in cases:
+        run.cases.append(CaseResult(id=case.id, status=NOT_RUN, line=case.line,
+                                    tags=list(case.tags), prompt=describe(case),
+                                    checks=[Check(check, NOT_RUN, reason)]))
+    run.notes.append(reason)
 
 
 def finish_run(run: RunResult, started: float) -> RunResult:

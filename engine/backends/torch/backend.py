@@ -83,6 +83,8 @@ class TorchBackend(Backend):
         return self.model.get_input_embeddings().weight.device
 
     supports_gather = True
+    supports_embedding = True
+    supports_ops = True
     supports_incremental = True
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, top_k: int,

@@ -15,7 +15,8 @@ from specengine.backends.registry import config_for
 from specengine.compare.arrays import ArrayStats, array_stats, limit_failures
 from specengine.errors import BackendCrashed, GoldenError
 from specengine.golden.store import Golden, golden_path, previous_golden, replace_golden
-from specengine.kinds.base import check_cases, finish_run, new_run, record_cases, run_checks
+from specengine.kinds.base import (check_cases, finish_run, new_run, not_run_cases, record_cases,
+                                   run_checks)
 from specengine.kinds.embedding.golden import (build_embedding_golden, case_outputs,
                                                describe_embedding_changes, embedding_case_hash,
                                                encode_array, load_embedding_golden)
@@ -117,8 +118,15 @@ def check_embedding_spec(spec: Spec, backend_name: str, golden_dir: Path | None 
         run = new_run(spec, session.side(), ref_side, ref_kind)
         if session.model_override:
             run.notes.append(f"candidate '{cand_name}' runs its own model: {session.resolved.origin}")
-        check_cases(run, spec, cand_name, cases, lambda case: check_case(session, case, golden),
-                    fail_fast, after=lambda case, result: run.notes.append(case_note(result)))
+        backend = session.backend
+        if not backend.supports_embedding:
+            not_run_cases(run, cases, "embedding", backend.unsupported.get("embedding") or
+                          f"backend '{cand_name}' ({backend.config.runtime}) cannot run "
+                          "embedding models, so no case is compared", EmbeddingCase.describe)
+            perf = False
+        else:
+            check_cases(run, spec, cand_name, cases, lambda case: check_case(session, case, golden),
+                        fail_fast, after=lambda case, result: run.notes.append(case_note(result)))
         if perf:
             run.perf = measure_perf(session, spec, cases)
             run.notes += run.perf.get("lines", [])

@@ -13,7 +13,8 @@ from specengine.backends.registry import config_for
 from specengine.errors import BackendCrashed, GoldenError
 from specengine.golden.store import (GoldenFormat, default_golden_dir, golden_path,
                                      previous_golden, read_verified, replace_golden, seal)
-from specengine.kinds.base import check_cases, finish_run, new_run, record_cases, run_checks
+from specengine.kinds.base import (check_cases, finish_run, new_run, not_run_cases, record_cases,
+                                   run_checks)
 from specengine.kinds.ops.checks import float_check, routing_checks
 from specengine.kinds.ops.runner import (OpRunner, inputs_sha256, op_hash, oracle_side, round_to,
                                          same_class)
@@ -132,6 +133,12 @@ def check_ops_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None
             if any(c.metrics.get("comparison") == "self-check" for c in result.checks):
                 per_op_self.append(case.id)
 
+        if not runner.backend.supports_ops:
+            not_run_cases(run, cases, "op", runner.backend.unsupported.get("ops") or
+                          f"backend '{runner.config.name}' ({runner.config.runtime}) cannot run "
+                          "operator specs, so no op is compared",
+                          lambda case: case.describe(runner.dtype_for(case)))
+            cases = []
         check_cases(run, spec, runner.config.name, cases, lambda case: _op_result(
             case, runner, ref_runner, ref_side, cand_side,
             golden["ops"].get(case.id) if golden else None,
