@@ -4,6 +4,8 @@ test_openai_backend.py and test_llamacpp_server.py."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -54,7 +56,8 @@ def test_greedy_check_names_the_step_and_the_causes():
     ok = greedy_check(_Served(), _Gen([5, 8], ids, lp), str)
     assert ok.status == "pass" and "2 steps" in ok.message
     assert greedy_check(_Served(), _Gen([5, 8], None, None), str).status == "not-run"
-    assert greedy_check(object(), _Gen([5, 9], ids, lp), str) is None   # torch: by construction
+    in_process = SimpleNamespace(greedy_causes=None, unsupported={})   # Backend's default
+    assert greedy_check(in_process, _Gen([5, 9], ids, lp), str) is None   # torch: by construction
 
     case = CaseResult(id="c1", status="fail")
     case.checks.append(check)
