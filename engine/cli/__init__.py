@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from specengine import __version__
-from specengine.cli.output import (_backends_parser, _configure_output, _finish, _output_args,
-    _say, _stdout_gone)
+from specengine.cli.output import (backends_parser, configure_output, finish, output_args,
+    say, stdout_gone)
 from specengine.errors import SpecEngineError, UsageError, printable
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the spec JSON Schema (for editors)")
     _localize_parsers(sub)
-    _backends_parser(sub)
+    backends_parser(sub)
 
     p = sub.add_parser("init", help="write a starter spec for a local Hugging Face model folder")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="local HF model folder (config.json, "
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="spec name (default: from the folder name)")
     p.add_argument("--force", action="store_true", help="overwrite an existing spec file")
     for p in sub.choices.values():
-        _output_args(p)
+        output_args(p)
     return parser
 
 
@@ -137,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
-    _configure_output(args)
+    configure_output(args)
     try:
         return COMMANDS[args.command](args)
     except BrokenPipeError:           # `specengine report r.json | head -1`
-        _stdout_gone()
+        stdout_gone()
         return EXIT_PASS
     except SpecEngineError as exc:
         print(f"specengine: {exc.one_line()}", file=sys.stderr)
@@ -214,7 +214,7 @@ def cmd_record(args) -> int:
             from specengine.kinds.causal_lm.record_summary import summary_lines
 
             for line in summary_lines(spec, path):
-                _say(line)
+                say(line)
     return EXIT_PASS
 
 
@@ -234,7 +234,7 @@ def cmd_check(args) -> int:
                           localize=args.localize)
 
     runs, worst = each_spec(args.specs, args.backend, "check", one, args.fail_fast)
-    return _finish(runs, args, worst)
+    return finish(runs, args, worst)
 
 
 def cmd_run(args) -> int:
@@ -257,7 +257,7 @@ def cmd_run(args) -> int:
         return check_spec(spec, args.backend, golden_dir, None, cases, args.fail_fast)
 
     runs, worst = each_spec(args.specs or [_default_spec()], args.backend, "check", one)
-    return _finish(runs, args, worst)
+    return finish(runs, args, worst)
 
 
 def _default_spec() -> str:
@@ -273,7 +273,7 @@ def cmd_report(args) -> int:
     runs = load_results(args.results)
     if not runs:
         raise UsageError(f"{args.results}: the results file holds no runs")
-    return _finish(runs, args)
+    return finish(runs, args)
 
 
 def cmd_schema(args) -> int:

@@ -15,7 +15,7 @@ EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
 _STARTED: list[float] = []          # when the command started, for the closing line
 
 
-def _output_args(p: argparse.ArgumentParser) -> None:
+def output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                    help="colour the terminal output: auto (default) colours on a terminal "
                    "unless NO_COLOR is set, or when FORCE_COLOR is set")
@@ -25,14 +25,14 @@ def _output_args(p: argparse.ArgumentParser) -> None:
                    "of every case in the summary")
 
 
-def _backends_parser(sub) -> None:
+def backends_parser(sub) -> None:
     p = sub.add_parser("backends", help="list the backends (built-in, or a spec's), their "
                        "aliases, runtime, device and dtype, and whether each can run here")
     p.add_argument("spec", nargs="?", metavar="SPEC", help="also list the backends this "
                    "spec defines")
 
 
-def _configure_output(args) -> None:
+def configure_output(args) -> None:
     from specengine.progress import configure
 
     _STARTED[:] = [time.perf_counter()]
@@ -40,7 +40,7 @@ def _configure_output(args) -> None:
               color=getattr(args, "color", "auto"))
 
 
-def _stdout_gone() -> None:
+def stdout_gone() -> None:
     """The reader of stdout went away: send the rest to /dev/null, so neither later
     prints nor the interpreter's final flush raise."""
     try:
@@ -51,16 +51,16 @@ def _stdout_gone() -> None:
         pass
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
     """print() to stdout that survives a closed pipe (the command still finishes: its
     reports are written and its exit code is the verdict's)."""
     try:
         print(text, flush=True)
     except BrokenPipeError:
-        _stdout_gone()
+        stdout_gone()
 
 
-def _finish(runs, args, worst: int = EXIT_PASS) -> int:
+def finish(runs, args, worst: int = EXIT_PASS) -> int:
     """Print the summary, write the reports; the exit code is the worst of the runs'
     verdicts and `worst` (the exit code of specs that could not run)."""
     return max(worst, _render_all(runs, args))
@@ -74,7 +74,7 @@ def _render_all(runs, args) -> int:
     from specengine.progress import use_color
 
     elapsed = time.perf_counter() - _STARTED[0] if _STARTED else None
-    _say(render_terminal(runs, color=use_color(sys.stdout), elapsed=elapsed,
+    say(render_terminal(runs, color=use_color(sys.stdout), elapsed=elapsed,
                          quiet=getattr(args, "quiet", False),
                          verbose=getattr(args, "verbose", False)))
     write_reports(runs, json_path=args.json, markdown=args.markdown, html=args.html,
@@ -82,12 +82,12 @@ def _render_all(runs, args) -> int:
     for label, path in (("json", args.json), ("markdown", args.markdown), ("html", args.html),
                         ("junit", args.junit)):
         if path:
-            _say(f"{label} report: {printable(path)}")
+            say(f"{label} report: {printable(path)}")
     if getattr(args, "annotations", None) == "github":
         from specengine.report.annotations import github_annotations
 
         for line in github_annotations(runs):
-            _say(line)
+            say(line)
     ran = [r for r in runs if not getattr(r, "error", "")]
     if any(r.status == "error" for r in ran):
         code = EXIT_BACKEND if all(c.status == "error" for r in ran for c in r.cases) else EXIT_FAIL
