@@ -64,6 +64,7 @@ cases:
     prompt_file: prompt.txt
   - id: filesource
     long_prompt: {{tokens: 150, source: prompt.txt}}
+perf: {{warmup: 1, runs: 3, new_tokens: 4}}
 """
 
 
@@ -89,9 +90,20 @@ def test_sweep_sub_cases_record_by_recipe_and_verify(tmp_path):
     assert sub["settings"]["prompt_recipe"]["tokens"] == 64
     assert golden["cases"]["filesource"]["prompt_length"] == 150
     assert "prompt_ids" in golden["cases"]["fromfile"]       # a file prompt is a plain prompt
-    res = cli("check", spec, "--backend", "cpu", "--golden-dir", gdir, "--json", tmp_path / "r.json")
+    res = cli("check", spec, "--backend", "cpu", "--golden-dir", gdir, "--json", tmp_path / "r.json",
+              "--perf", "--html", tmp_path / "r.html", "--markdown", tmp_path / "r.md")
     assert res.rc == 0, res.text
     run = load_json(tmp_path / "r.json")["runs"][0]
+    # --perf on a long spec: TTFT per distinct prompt length, in every report
+    by_length = run["perf"]["ttft_by_length"]
+    assert [r["prompt_tokens"] for r in by_length] == sorted({c["prompt_length"] for c in run["cases"]})
+    assert next(r for r in by_length if r["prompt_tokens"] == 64)["cases"] == ["sweep-64"]
+    assert all(r["runs"] == 3 and r["ttft_ms"]["p50"] > 0 for r in by_length)
+    assert "TTFT by prompt length (p50): " in res.text
+    assert 'class="chart ttft-chart"' in (tmp_path / "r.html").read_text("utf-8")
+    assert "| 64 | " in (tmp_path / "r.md").read_text("utf-8")
+    # the long cases' per-position chart runs over the sampled prompt positions too
+    assert (tmp_path / "r.html").read_text("utf-8").count('class="chart sequence-chart"') == 4
     lengths = {c["id"]: c["prompt_length"] for c in run["cases"]}
     prompt_checks = {c["id"]: [k["status"] for k in c["checks"] if k["name"] == "prompt-positions"]
                      for c in run["cases"]}
@@ -179,6 +191,18 @@ def test_position_bug_fails_long_sub_cases_and_passes_the_short_spec(long_bug, t
     assert {c.name: c.status for c in failing.checks}["prompt-positions"] == "fail"
     note = next(n for n in run.notes if n.startswith("length sweep 'sweep'"))
     assert "prompt length 1025" in note and "sequence position" in note, note
+    # where drift starts over the whole sequence: the first sampled prompt position past
+    # the bug's position 1000 (0, 68, …, 955, 1023 are sampled), the one before it within
+    from specengine.report.render import render_html
+    from specengine.report.sequence import case_drift
+
+    drift = case_drift(failing)
+    assert (drift.point.part, drift.point.position, drift.previous.position) == \
+        ("prompt", 1023, 955), drift
+    assert "first past tolerance at sequence position 1023 (a sampled prompt position" in note
+    assert case_drift(next(c for c in run.cases if c.id == "sweep-512")) is None
+    html = render_html([run])
+    assert html.count('class="chart sequence-chart"') == 2 and "drift starts 1023" in html
     short = load_spec(_with_backend(SMOLLM2_SPEC, long_bug, tmp_path / "short.yaml"))
     run = check_spec(short, "long-bug", GOLDEN_DIR,
                      cases=select_cases(short, ["relativity", "capital-zh"]))

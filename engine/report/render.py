@@ -24,6 +24,8 @@ from specengine.report.charts import perf_chart, perf_mermaid, position_chart
 from specengine.report.distribution import distribution_lines, distribution_rows
 from specengine.report.layers import layer_chart, localization_line
 from specengine.report.hints import near_tie_hints
+from specengine.report.sequence import drift_text, sequence_caption, sequence_chart
+from specengine.report.ttft import ttft_chart, ttft_line, ttft_rows
 from specengine.report.tokens import chips, decoded, divergence_texts, marked, split_marked
 from specengine.report.text import (fmt, fmt_ratio, fmt_seconds, icon, md_cell, md_escape,
     md_marked, md_pre, metrics_text, one_line, short_hash, token_text, truncate, visible)
@@ -66,7 +68,9 @@ def environment() -> Environment:
         perf_chart=perf_chart, perf_mermaid=perf_mermaid, bar_px=bar_px, md_marked=md_marked, SELF_CHECK=model.SELF_CHECK,
         chips=chips, divergence_texts=divergence_texts, near_tie_hints=near_tie_hints, md_case_text=_md_case_text, decoded=decoded,
         SELF_CHECK_TEXT=model.SELF_CHECK_TEXT, version=__version__,
-        distribution_rows=distribution_rows, tolerance_set=model.tolerance_set)
+        distribution_rows=distribution_rows, tolerance_set=model.tolerance_set,
+        sequence_chart=sequence_chart, sequence_caption=sequence_caption, drift_text=drift_text,
+        ttft_rows=ttft_rows, ttft_chart=ttft_chart, ttft_line=ttft_line)
     return env
 
 
@@ -163,6 +167,7 @@ def _perf_case(run: RunResult) -> JUnitCase | None:
     rows = [f"{r.backend} batch {fmt(r.batch_size)}: {fmt(r.tokens_per_s)} tokens/s, TTFT "
             f"p50 {fmt(r.ttft.get('p50'))} ms, TPOT p50 {fmt(r.tpot.get('p50'))} ms"
             for r in view.rows]
+    rows += [line for line in (ttft_line(ttft_rows(run.perf)),) if line]
     message = "; ".join(view.messages) or f"perf {view.status or 'measured'}"
     return JUnitCase(classname=f"{run.spec_name}.{run.candidate.backend}", name="perf",
                      time="0.000", status=status, message=truncate(one_line(message), 500),

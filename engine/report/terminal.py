@@ -12,6 +12,7 @@ from specengine.report.text import fmt, fmt_seconds, is_number, one_line, trunca
 from specengine.report.columns import CAUSAL, columns_for, columns_for_kind
 from specengine.report.hints import near_tie_hints
 from specengine.report.tokens import marked
+from specengine.report.ttft import ttft_line, ttft_rows
 
 _COLORS = {PASS: "32", FAIL: "31", ERROR: "35", "warn": "33", "dim": "2", "bold": "1"}
 MESSAGE_WIDTH = 200
@@ -114,6 +115,9 @@ def _perf_lines(run: RunResult, color: bool) -> list[str]:
         if row.peak_mem_gib is not None:
             bits.append(f"peak {fmt(row.peak_mem_gib)} GiB")
         lines.append("      " + bits[0] + " " + "  ".join(bits[1:]))
+    by_length = ttft_line(ttft_rows(run.perf))
+    if by_length:
+        lines.append("      " + truncate(one_line(by_length), 2 * MESSAGE_WIDTH))
     extras = dict(view.extras)
     about = [f"load {fmt(extras['load_s'])} s"] if is_number(extras.get("load_s")) else []
     if extras.get("relative_gate"):

@@ -71,6 +71,7 @@ def prompt_check(session: Session, case: Case, record: dict, result: CaseResult,
          "max_abs_dlogprob": tf.max_abs_dlogprob, "positions": len(steps),
          "worst_position": worst, "tolerance": tol.as_dict(), "tolerance_set": tolerance_set}))
     result.per_position["kl_prompt"] = tf.kl
+    result.per_position["abs_dlogprob_prompt"] = tf.abs_dlogprob
     result.per_position["prompt_position"] = [float(p) for p in stored["positions"]]
 
 

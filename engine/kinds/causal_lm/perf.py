@@ -35,6 +35,15 @@ regresses only when ``s > max(regression_max, spread)``: slower by more than the
 fraction *and* by more than the noise both measurements showed. On a quiet machine the
 spread is a few percent and `regression_max` decides; on a noisy one the spread widens
 the limit, so noise alone does not fail a clean change.
+
+TTFT against prompt length (`length_groups`, `measure_ttft_by_length`,
+`summarise_by_length`): where a spec has long cases (a `long_prompt` recipe or a length
+sweep, or any prompt of `LONG_PROMPT_TOKENS` or more) and at least two distinct prompt
+lengths, each distinct length (at most `MAX_TTFT_LENGTHS`, spread evenly) is timed on the
+first case of that length, its own prompt ids, batch 1: `warmup` one-token generations
+thrown away, then `runs` timed ones, the device synchronised before and after each. TTFT
+is the backend's own `ttft_s` where it reports one, else the synchronised wall time of
+the one-token generation (prefill + first token).
 """
 
 from __future__ import annotations
@@ -52,6 +61,8 @@ from specengine.kinds.timing import PeakMemory, percentiles, relative_iqr
 PERF_GOLDEN_FORMAT = 1
 MEASURED = "measured"   # a perf section with nothing to judge against
 GIB = float(1 << 30)
+LONG_PROMPT_TOKENS = 256     # a prompt this long makes a spec "long" for TTFT by length
+MAX_TTFT_LENGTHS = 12
 
 
 # -- settings ------------------------------------------------------------------------
@@ -198,7 +209,59 @@ def measure(backend, streams: Sequence[Sequence[int]], settings: PerfSettings,
         model_fingerprint="")
 
 
+def length_groups(cases: Sequence[tuple[str, Sequence[int]]], long: bool = False,
+                  limit: int = MAX_TTFT_LENGTHS) -> list[tuple[int, list[str], list[int]]]:
+    """(length, case ids of that length, the first such case's ids) per distinct prompt
+    length, shortest first (pure). Empty unless the spec is long (`long`, or a prompt of
+    LONG_PROMPT_TOKENS or more) and has two lengths or more; past `limit` lengths, `limit`
+    of them evenly spread, the shortest and the longest included."""
+    groups: dict[int, tuple[list[str], list[int]]] = {}
+    for cid, ids in cases:
+        if len(ids):
+            groups.setdefault(len(ids), ([], list(ids)))[0].append(cid)
+    lengths = sorted(groups)
+    if len(lengths) < 2 or not (long or lengths[-1] >= LONG_PROMPT_TOKENS):
+        return []
+    if len(lengths) > limit:
+        lengths = sorted({lengths[round(i * (len(lengths) - 1) / (limit - 1))]
+                          for i in range(limit)})
+    return [(n, groups[n][0], groups[n][1]) for n in lengths]
+
+
+def _ttft_once(backend, ids: list[int], top_k: int) -> float:
+    backend.synchronize()
+    start = time.perf_counter()
+    gens = backend.generate([ids], 1, top_k, ())
+    backend.synchronize()
+    wall = time.perf_counter() - start
+    return float((gens[0].timings if gens else {}).get("ttft_s", wall))
+
+
+def measure_ttft_by_length(backend, groups, settings: PerfSettings, top_k: int = 1,
+                           progress: Callable[[str], None] | None = None
+                           ) -> list[tuple[int, list[str], list[float]]]:
+    """(length, case ids, TTFT seconds of each measured run) per group of `length_groups`."""
+    out = []
+    for n, cases, ids in groups:
+        if progress:
+            progress(f"perf TTFT at {n} prompt tokens: {settings.warmup} warm-up + "
+                     f"{settings.runs} runs")
+        for _ in range(settings.warmup):
+            _ttft_once(backend, ids, top_k)
+        out.append((n, list(cases), [_ttft_once(backend, ids, top_k)
+                                     for _ in range(settings.runs)]))
+    return out
+
+
 # -- summaries (pure) ----------------------------------------------------------------
+
+
+def summarise_by_length(samples: Sequence[tuple[int, list[str], list[float]]]) -> list[dict]:
+    """`ttft_by_length` rows: prompt_tokens, ttft_ms percentiles, runs, cases, spread."""
+    return [{"prompt_tokens": n, "ttft_ms": percentiles(ttft, 1e3), "runs": len(ttft),
+             "cases": list(cases), "spread": relative_iqr(ttft),
+             "samples_ms": [round(x * 1e3, 4) for x in ttft]}
+            for n, cases, ttft in samples if ttft]
 
 def summarise(batch: BatchSamples, backend: str) -> dict[str, Any]:
     """One report row (keys the report layer reads) plus the raw samples and spreads."""

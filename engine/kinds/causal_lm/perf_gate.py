@@ -13,8 +13,9 @@ from specengine.golden.store import (GoldenFormat, default_golden_dir, golden_pa
 from specengine.results import FAIL, PASS
 from specengine.kinds.causal_lm.perf import (MEASURED, PERF_GOLDEN_FORMAT,
                                              PerfMeasurement, PerfSettings, device_class,
-                                             judge_budgets, judge_regression, measure,
-                                             median_of, summarise_all)
+                                             judge_budgets, judge_regression, length_groups,
+                                             measure, measure_ttft_by_length, median_of,
+                                             summarise_all, summarise_by_length)
 from specengine.loading.session import Session, open_session
 from specengine.spec import Spec
 
@@ -115,7 +116,8 @@ def _row_line(row: dict) -> str:
 # -- the check-side entry point ------------------------------------------------------
 
 def check_perf(session: Session, spec: Spec, golden_dir: Path | None) -> dict[str, Any]:
-    """Measure on the session's backend and judge it: the `RunResult.perf` dict.
+    """Measure on the session's backend and judge it: the `RunResult.perf` dict. A long
+    spec with several prompt lengths also gets `ttft_by_length` (perf.length_groups).
 
     Status: fail when a budget or the relative gate fails, pass when at least one of them
     applied and none failed, `measured` when there was nothing to judge against.
@@ -130,6 +132,11 @@ def check_perf(session: Session, spec: Spec, golden_dir: Path | None) -> dict[st
         "device_class": m.device_class, "load_s": m.load_s, "prompt_tokens": m.prompt_tokens,
         "new_tokens": m.new_tokens, "warmup": m.warmup, "runs": m.runs,
         "peak_mem_kind": m.peak_mem_kind, "rows": rows, "failures": []}
+    groups = length_groups([(c.id, session.prompt_ids(c)) for c in spec.cases],
+                           long=any(c.recipe is not None for c in spec.cases))
+    if groups:   # TTFT against prompt length: informative, judged by no gate
+        report["ttft_by_length"] = summarise_by_length(
+            measure_ttft_by_length(session.backend, groups, settings, _top_k(spec)))
     gates = []
     budget = settings.budgets.get(m.backend)
     if budget:

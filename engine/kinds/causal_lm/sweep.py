@@ -1,9 +1,12 @@
 """Where drift starts in a length sweep: the shortest failing sub-case of each swept case,
-and the first sequence position in it whose per-position error exceeds the limits."""
+and the first sequence position in it whose per-position error exceeds the limits — over
+the whole sequence, the sampled prompt positions (check `prompt-positions`) and the
+generated ones on the one-pass path, and the decode path's generated ones
+(report.sequence.drift_start; position p is the logits at p, predicting token p + 1)."""
 
 from __future__ import annotations
 
-from specengine.compare.tokens import first_bad_position
+from specengine.report.sequence import drift_start
 from specengine.results import FAIL, CaseResult
 from specengine.spec import Case
 
@@ -26,15 +29,10 @@ def sweep_notes(cases: list[Case], results: list[CaseResult], tolerances: dict) 
         passing = [m for m, r in members if m < n and r.status != FAIL]
         tol = tolerances.get(result.id)
         where = ""
-        if tol is not None:
-            steps = [first_bad_position(result.per_position.get(f"kl{s}", []),
-                                        result.per_position.get(f"abs_dlogprob{s}", []), tol)
-                     for s in ("", "_decode")]
-            steps = [s for s in steps if s is not None]
-            if steps:
-                step = min(steps)
-                where = (f", first at sequence position {result.prompt_length + step} "
-                         f"(generated step {step})")
+        drift = None if tol is None else drift_start(result.per_position, n, tol.kl_max,
+                                                     tol.logprob_atol)
+        if drift is not None:
+            where = f", first past tolerance at {drift.describe()}"
         before = f"; shorter sub-cases ({', '.join(map(str, passing))}) pass" if passing else ""
         notes.append(f"length sweep '{name}': drift starts at prompt length {n} (sub-case "
                      f"{result.id}){where}{before}; failing lengths: "
