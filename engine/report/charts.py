@@ -47,28 +47,28 @@ def nice_ceiling(value: float) -> float:
     return 10 ** (exp + 1)
 
 
-def _text(x: float, y: float, label: Any, cls: str = "", anchor: str = "start") -> str:
+def svg_text(x: float, y: float, label: Any, cls: str = "", anchor: str = "start") -> str:
     css = f' class="{cls}"' if cls else ""
     css += ' font-size="11" font-family="sans-serif" fill="#616e7c"' 
     return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{css}>'
             f'{escape(visible(label))}</text>')
 
 
-def _value(v: Any) -> float | None:
+def value_of(v: Any) -> float | None:
     """A plotted value: finite number, +inf (drawn at the top), or None (a gap)."""
     if not is_number(v) or math.isnan(v):
         return None
     return float(v) if v >= 0 else 0.0
 
 
-def _y_axis(panel: Panel, title: str) -> list[str]:
+def y_axis(panel: Panel, title: str) -> list[str]:
     right = WIDTH - RIGHT
-    out = [_text(LEFT, panel.top - 8, title, "chart-title")]
+    out = [svg_text(LEFT, panel.top - 8, title, "chart-title")]
     for frac in (0.0, 0.5, 1.0):
         value = panel.ymax * frac
         y = panel.y(value)
         out.append(f'<line class="grid" stroke="#d9dee5" x1="{LEFT}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}"/>')
-        out.append(_text(LEFT - 6, y + 4, fmt(value, 3), "tick", "end"))
+        out.append(svg_text(LEFT - 6, y + 4, fmt(value, 3), "tick", "end"))
     return out
 
 
@@ -82,7 +82,7 @@ def _series(values: list[Any], panel: Panel, color: str, name: str) -> list[str]
     out, run = [], []
     points = []
     for i, raw in enumerate(values):
-        v = _value(raw)
+        v = value_of(raw)
         if v is None:
             if run:
                 points.append(run)
@@ -106,7 +106,7 @@ def _series(values: list[Any], panel: Panel, color: str, name: str) -> list[str]
     return out
 
 
-def _limit(limit: Any, panel: Panel) -> list[str]:
+def limit_line(limit: Any, panel: Panel) -> list[str]:
     """A tolerance as a horizontal line, when it falls inside the panel's range."""
     if not is_number(limit) or not 0 < limit <= panel.ymax:
         return []
@@ -120,8 +120,8 @@ def _x_axis(n: int, bottom: float) -> list[str]:
     every = max(1, math.ceil(n / 12))
     out = [f'<line class="axis" stroke="#9aa5b1" x1="{LEFT}" y1="{bottom:.1f}" x2="{WIDTH - RIGHT}" y2="{bottom:.1f}"/>']
     for i in range(0, n, every):
-        out.append(_text(_x_of(i, n), bottom + 14, i, "tick", "middle"))
-    out.append(_text(LEFT - 6, bottom + 14, "pos.", "tick", "end"))
+        out.append(svg_text(_x_of(i, n), bottom + 14, i, "tick", "middle"))
+    out.append(svg_text(LEFT - 6, bottom + 14, "pos.", "tick", "end"))
     return out
 
 
@@ -147,7 +147,7 @@ def _marker(step: int | None, n: int, top: float, bottom: float, cls: str, label
     left, right, anchor = label_box(x, label)
     tx = left if anchor == "start" else right
     return [f'<line class="{cls}" stroke="{color}" stroke-dasharray="5 4" x1="{x:.1f}" y1="{top:.1f}" x2="{x:.1f}" y2="{bottom:.1f}"/>',
-            _text(tx, top + 10 + row * LABEL_LINE_PX, label, f"{cls}-label", anchor)]
+            svg_text(tx, top + 10 + row * LABEL_LINE_PX, label, f"{cls}-label", anchor)]
 
 
 def _overlap(a: tuple[float, float, str], b: tuple[float, float, str]) -> bool:
@@ -168,12 +168,12 @@ def position_chart(case: CaseResult) -> Markup:
     height = len(series) * (TITLE_H + PANEL_H) + AXIS_H + 8
     parts = []
     for idx, (name, values, color, limit) in enumerate(series):
-        finite = [v for v in (_value(x) for x in values) if v is not None and math.isfinite(v)]
+        finite = [v for v in (value_of(x) for x in values) if v is not None and math.isfinite(v)]
         panel = Panel(top=idx * (TITLE_H + PANEL_H) + TITLE_H, height=PANEL_H,
                       ymax=nice_ceiling(max(finite, default=0.0)))
         title = f"{name} per position" + (f" · limit {fmt(limit)}" if is_number(limit) else "")
-        parts += _y_axis(panel, title)
-        parts += _limit(limit, panel)
+        parts += y_axis(panel, title)
+        parts += limit_line(limit, panel)
         parts += _series(values, panel, color, name)
         if idx == 0 and case.worst_position is not None and 0 <= case.worst_position < n:
             parts += _marker(case.worst_position, n, panel.top, panel.top + panel.height,
@@ -189,10 +189,10 @@ def position_chart(case: CaseResult) -> Markup:
     parts += _marker(case.divergence_step, n, TITLE_H, bottom, "divergence", div_label, row)
     parts += _x_axis(n, bottom)
     label = f"Per-position KL and |Δ logprob| of case {visible(case.id)} over {n} positions"
-    return _svg(height, label, "position-chart", parts)
+    return svg_chart(height, label, "position-chart", parts)
 
 
-def _svg(height: float, label: str, cls: str, parts: list[str]) -> Markup:
+def svg_chart(height: float, label: str, cls: str, parts: list[str]) -> Markup:
     body = "\n".join(p for p in parts if p)
     return Markup(f'<svg class="chart {cls}" viewBox="0 0 {WIDTH} {height:.0f}" '
                   f'width="{WIDTH}" height="{height:.0f}" role="img" '
@@ -213,12 +213,12 @@ def perf_chart(view: PerfView | None) -> Markup:
     sizes = sorted({b for pts in by_backend.values() for b, _ in pts})
     ymax = nice_ceiling(max(t for pts in by_backend.values() for _, t in pts))
     panel = Panel(top=TITLE_H + 8, height=PANEL_H * 2, ymax=ymax)
-    parts = _y_axis(panel, "tokens/s by batch size")
+    parts = y_axis(panel, "tokens/s by batch size")
     bottom = panel.top + panel.height
     n = len(sizes)
     parts.append(f'<line class="axis" stroke="#9aa5b1" x1="{LEFT}" y1="{bottom:.1f}" x2="{WIDTH - RIGHT}" y2="{bottom:.1f}"/>')
     for i, size in enumerate(sizes):
-        parts.append(_text(_x_of(i, n), bottom + 14, f"batch {fmt(size)}", "tick", "middle"))
+        parts.append(svg_text(_x_of(i, n), bottom + 14, f"batch {fmt(size)}", "tick", "middle"))
     for k, (backend, pts) in enumerate(sorted(by_backend.items())):
         color = PALETTE[k % len(PALETTE)]
         xy = [(_x_of(sizes.index(b), n), panel.y(t), b, t) for b, t in sorted(pts)]
@@ -232,9 +232,9 @@ def perf_chart(view: PerfView | None) -> Markup:
         lx = LEFT + 200 + 130 * k
         ly = TITLE_H
         parts.append(f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" fill="{color}"/>')
-        parts.append(_text(lx + 14, ly, truncate(backend, 18), "legend"))
+        parts.append(svg_text(lx + 14, ly, truncate(backend, 18), "legend"))
     height = bottom + AXIS_H + 4
-    return _svg(height, "Tokens per second against batch size", "perf-chart", parts)
+    return svg_chart(height, "Tokens per second against batch size", "perf-chart", parts)
 
 
 def perf_mermaid(view: PerfView | None) -> Markup:

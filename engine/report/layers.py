@@ -5,7 +5,7 @@ with the rule's floor, 1 − cosine on a log scale, and — when both sides' ful
 states were compared — max |Δ| / max relative error (log) and the shares of elements
 under 0.001 / 0.005 relative error. The first flagged layer is a dashed vertical line
 across every panel; every flagged layer's point is drawn as a larger red dot. All text
-goes through `markupsafe.escape` (through charts._text / _svg).
+goes through `markupsafe.escape` (through charts.svg_text / svg_chart).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-from specengine.report.charts import LEFT, PALETTE, RIGHT, WIDTH, _svg, _text
+from specengine.report.charts import LEFT, PALETTE, RIGHT, WIDTH, svg_chart, svg_text
 from specengine.report.text import fmt
 
 PANEL_H, TITLE_H, AXIS_H = 92, 38, 40
@@ -51,13 +51,13 @@ class _Log:
         return self.top + PANEL_H * (1 - t)
 
     def axis(self, title: str) -> list[str]:
-        out = [_text(LEFT, self.top - 8, title, "chart-title")]
+        out = [svg_text(LEFT, self.top - 8, title, "chart-title")]
         step = max(1, math.ceil((self.hi - self.lo) / 4))
         for d in range(self.lo, self.hi + 1, step):
             y = self.y(10.0 ** d)
             out.append(f'<line class="grid" stroke="#d9dee5" x1="{LEFT}" y1="{y:.1f}" '
                        f'x2="{WIDTH - RIGHT}" y2="{y:.1f}"/>')
-            out.append(_text(LEFT - 6, y + 4, f"1e{d}", "tick", "end"))
+            out.append(svg_text(LEFT - 6, y + 4, f"1e{d}", "tick", "end"))
         return out
 
 
@@ -72,12 +72,12 @@ class _Lin:
         return self.top + PANEL_H * (1 - v)
 
     def axis(self, title: str) -> list[str]:
-        out = [_text(LEFT, self.top - 8, title, "chart-title")]
+        out = [svg_text(LEFT, self.top - 8, title, "chart-title")]
         for v in (0.0, 0.5, 1.0):
             y = self.y(v)
             out.append(f'<line class="grid" stroke="#d9dee5" x1="{LEFT}" y1="{y:.1f}" '
                        f'x2="{WIDTH - RIGHT}" y2="{y:.1f}"/>')
-            out.append(_text(LEFT - 6, y + 4, fmt(v, 2), "tick", "end"))
+            out.append(svg_text(LEFT - 6, y + 4, fmt(v, 2), "tick", "end"))
         return out
 
 
@@ -111,7 +111,7 @@ def _legend(top: float, items: list[tuple[str, str]]) -> list[str]:
     for k, (label, color) in enumerate(items):
         lx = WIDTH - RIGHT - 105 * (len(items) - k)
         out.append(f'<rect x="{lx}" y="{top - 17}" width="10" height="10" fill="{color}"/>')
-        out.append(_text(lx + 14, top - 8, label, "legend"))
+        out.append(svg_text(lx + 14, top - 8, label, "legend"))
     return out
 
 
@@ -173,19 +173,19 @@ def layer_chart(loc: dict[str, Any] | None) -> Markup:
                      f'y2="{bottom:.1f}"/>')
         label = f"▲ first flagged: {loc.get('first_flagged_name') or first}"
         anchor = "end" if x > WIDTH * 0.75 else "start" if x < WIDTH * 0.25 else "middle"
-        parts.append(_text(x, bottom + 32, label, "first-flagged-label", anchor)
+        parts.append(svg_text(x, bottom + 32, label, "first-flagged-label", anchor)
                      .replace("<text ", f'<text style="fill: {FLAG}; font-weight: 600" ', 1))
     parts.append(f'<line class="axis" stroke="#9aa5b1" x1="{LEFT}" y1="{bottom:.1f}" '
                  f'x2="{WIDTH - RIGHT}" y2="{bottom:.1f}"/>')
     every = max(1, math.ceil(n / 16))
     for i, m in enumerate(layers):
         if i % every == 0 or i == n - 1 or i == first:
-            parts.append(_text(_x(i, n), bottom + 14, _short(str(m.get("name", i))), "tick",
+            parts.append(svg_text(_x(i, n), bottom + 14, _short(str(m.get("name", i))), "tick",
                                "middle"))
     label = (f"Per-layer errors of case {loc.get('case_id', '')}: "
              + (f"first flagged layer {loc.get('first_flagged_name')}"
                 if loc.get("first_flagged_name") else "no layer flagged"))
-    return _svg(bottom + AXIS_H + 4, label, "layer-chart", parts)
+    return svg_chart(bottom + AXIS_H + 4, label, "layer-chart", parts)
 
 
 def localization_line(loc: dict[str, Any] | None) -> str:

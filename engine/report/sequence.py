@@ -21,8 +21,8 @@ from markupsafe import Markup, escape
 
 from specengine.results import CaseResult
 from specengine.report.charts import (AXIS_H, LEFT, MARKER_COLORS, PALETTE, PANEL_H, RIGHT,
-                                      TITLE_H, WIDTH, Panel, _limit, _svg, _text, _value,
-                                      _y_axis, label_box, nice_ceiling)
+                                      TITLE_H, WIDTH, Panel, limit_line, svg_chart, svg_text, value_of,
+                                      y_axis, label_box, nice_ceiling)
 from specengine.report.model import tolerance
 from specengine.report.text import fmt, is_number, visible
 
@@ -200,8 +200,8 @@ class _Axis:
 def _dots(seq: Sequence, axis: _Axis, panel: Panel, attr: str, color: str, name: str) -> list[str]:
     out = []
     for part in (PROMPT, GENERATED):
-        xy = [(axis.x(p), panel.y(_value(getattr(p, attr))), p) for p in seq.part(part)
-              if _value(getattr(p, attr)) is not None]
+        xy = [(axis.x(p), panel.y(value_of(getattr(p, attr))), p) for p in seq.part(part)
+              if value_of(getattr(p, attr)) is not None]
         if len(xy) > 1:
             coords = " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in xy)
             out.append(f'<polyline class="series {part}" points="{coords}" fill="none" '
@@ -223,7 +223,7 @@ def _vline(x: float, top: float, bottom: float, cls: str, label: str, row: int,
     left, right, anchor = label_box(x, label)
     return [f'<line class="{cls}" stroke="{color}" stroke-dasharray="5 4" x1="{x:.1f}" '
             f'y1="{top:.1f}" x2="{x:.1f}" y2="{bottom:.1f}"/>',
-            _text(left if anchor == "start" else right, top + 10 + row * 13, label,
+            svg_text(left if anchor == "start" else right, top + 10 + row * 13, label,
                   f"{cls}-label", anchor) if label else ""]
 
 
@@ -240,24 +240,24 @@ def sequence_chart(case: CaseResult) -> Markup:
     axis = _Axis(seq)
     series = [("KL(G‖C)", "kl", PALETTE[0], tol.get("kl_max")),
               ("max |Δ logprob|", "dlogprob", PALETTE[1], tol.get("logprob_atol"))]
-    series = [s for s in series if any(_value(getattr(p, s[1])) is not None for p in seq.points)]
+    series = [s for s in series if any(value_of(getattr(p, s[1])) is not None for p in seq.points)]
     if not series:
         return Markup("")
     parts: list[str] = []
     for idx, (name, attr, color, limit) in enumerate(series):
-        finite = [v for v in (_value(getattr(p, attr)) for p in seq.points)
+        finite = [v for v in (value_of(getattr(p, attr)) for p in seq.points)
                   if v is not None and math.isfinite(v)]
         panel = Panel(top=idx * (TITLE_H + PANEL_H) + TITLE_H, height=PANEL_H,
                       ymax=nice_ceiling(max(finite, default=0.0)))
-        parts += _y_axis(panel, f"{name} over the whole sequence"
+        parts += y_axis(panel, f"{name} over the whole sequence"
                          + (f" · limit {fmt(limit)}" if is_number(limit) else ""))
-        parts += _limit(limit, panel)
+        parts += limit_line(limit, panel)
         parts += _dots(seq, axis, panel, attr, color, name)
     bottom = len(series) * (TITLE_H + PANEL_H)
     if seq.part(PROMPT) and seq.part(GENERATED):
         parts += _vline(axis.xb, TITLE_H, bottom + 20, "boundary", "", 0)
-        parts.append(_text(axis.xb - 4, bottom + 30, "◂ prompt (sampled)", "boundary-label", "end"))
-        parts.append(_text(axis.xb + 4, bottom + 30, f"generated from {seq.boundary} ▸",
+        parts.append(svg_text(axis.xb - 4, bottom + 30, "◂ prompt (sampled)", "boundary-label", "end"))
+        parts.append(svg_text(axis.xb + 4, bottom + 30, f"generated from {seq.boundary} ▸",
                            "boundary-label"))
     drift = case_drift(case)
     if drift is not None and drift.path == "one-pass":
@@ -270,9 +270,9 @@ def sequence_chart(case: CaseResult) -> Markup:
                         1, MARKER_COLORS["worst"])
     parts.append(f'<line class="axis" stroke="#9aa5b1" x1="{LEFT}" y1="{bottom:.1f}" '
                  f'x2="{WIDTH - RIGHT}" y2="{bottom:.1f}"/>')
-    parts += [_text(x, bottom + 14, pos, "tick", "middle") for x, pos in axis.ticks()]
-    parts.append(_text(LEFT - 6, bottom + 14, "pos.", "tick", "end"))
+    parts += [svg_text(x, bottom + 14, pos, "tick", "middle") for x, pos in axis.ticks()]
+    parts.append(svg_text(LEFT - 6, bottom + 14, "pos.", "tick", "end"))
     label = (f"Per-position KL and |Δ logprob| of case {visible(case.id)} over its whole "
              f"sequence: {len(seq.part(PROMPT))} sampled prompt positions and "
              f"{len(gen)} generated positions")
-    return _svg(bottom + AXIS_H + 22, label, "sequence-chart", parts)
+    return svg_chart(bottom + AXIS_H + 22, label, "sequence-chart", parts)

@@ -11,7 +11,7 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from specengine.report.charts import (AXIS_H, LEFT, PALETTE, PANEL_H, RIGHT, TITLE_H, WIDTH,
-                                      Panel, _svg, _text, _y_axis, nice_ceiling)
+                                      Panel, svg_chart, svg_text, y_axis, nice_ceiling)
 from specengine.report.text import fmt, is_number, visible
 
 
@@ -65,7 +65,7 @@ def ttft_chart(rows: list[LengthRow]) -> Markup:
     xmax = step * max(math.ceil(longest / step), 1)
     ymax = nice_ceiling(max(max(r.ttft.values()) for r in rows))
     panel = Panel(top=TITLE_H + 8, height=PANEL_H * 2, ymax=ymax)
-    parts = _y_axis(panel, "TTFT (ms) by prompt length · p50, whisker to p90")
+    parts = y_axis(panel, "TTFT (ms) by prompt length · p50, whisker to p90")
     bottom, right = panel.top + panel.height, WIDTH - RIGHT
 
     def x_of(n: float) -> float:
@@ -74,8 +74,8 @@ def ttft_chart(rows: list[LengthRow]) -> Markup:
     parts.append(f'<line class="axis" stroke="#9aa5b1" x1="{LEFT}" y1="{bottom:.1f}" '
                  f'x2="{right}" y2="{bottom:.1f}"/>')
     for i in range(round(xmax / step) + 1):
-        parts.append(_text(x_of(i * step), bottom + 14, fmt(i * step), "tick", "middle"))
-    parts.append(_text(right, bottom + 28, "prompt tokens", "tick", "end"))
+        parts.append(svg_text(x_of(i * step), bottom + 14, fmt(i * step), "tick", "middle"))
+    parts.append(svg_text(right, bottom + 28, "prompt tokens", "tick", "end"))
     color = PALETTE[0]
     xy = [(x_of(r.prompt_tokens), panel.y(r.ttft["p50"]), r) for r in rows]
     coords = " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in xy)
@@ -91,5 +91,5 @@ def ttft_chart(rows: list[LengthRow]) -> Markup:
         parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}"><title>'
                      f'{r.prompt_tokens} prompt tokens: TTFT {escape(pcts)}'
                      f'{escape(visible(cases))}</title></circle>')
-    return _svg(bottom + AXIS_H + 18, "Time to first token against prompt length",
+    return svg_chart(bottom + AXIS_H + 18, "Time to first token against prompt length",
                 "ttft-chart", parts)
