@@ -16,6 +16,8 @@ from specengine.loading.sources import ResolvedSource, resolve
 from specengine.spec import Case, ModelSpec, Spec
 from specengine.loading.tokenizer import Tokenizer, load_tokenizer
 from specengine.progress import step
+from specengine.spec.long_prompt import build_ids
+from specengine.spec.long_prompt import display_text
 
 
 def model_for(spec: Spec, backend_name: str) -> tuple[ModelSpec, bool]:
@@ -58,8 +60,6 @@ def prompt_ids_for(tokenizer: Tokenizer, case: Case) -> list[int]:
     """A case's prompt ids: its text, its chat rendered by the template, or its long
     prompt made by recipe (exactly that many tokens; memoised per tokenizer)."""
     if case.recipe is not None:
-        from specengine.spec.long_prompt import build_ids
-
         memo = _RECIPE_IDS.setdefault(id(tokenizer), {})
         if case.recipe not in memo:
             memo[case.recipe] = build_ids(case.recipe, tokenizer.encode)
@@ -75,8 +75,6 @@ _RECIPE_IDS: dict[int, dict] = {}
 def prompt_text_for(tokenizer: Tokenizer, case: Case) -> str:
     """A case's prompt for reading (a long prompt: its recipe, first and last tokens)."""
     if case.recipe is not None:
-        from specengine.spec.long_prompt import display_text
-
         return display_text(tokenizer.decode, prompt_ids_for(tokenizer, case), case.recipe)
     if case.prompt is not None:
         return case.prompt

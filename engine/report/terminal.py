@@ -13,6 +13,8 @@ from specengine.report.columns import CAUSAL, columns_for, columns_for_kind
 from specengine.report.hints import near_tie_hints
 from specengine.report.tokens import marked
 from specengine.report.ttft import ttft_line, ttft_rows
+from specengine.report.distribution import distribution_lines
+from specengine.report.layers import localization_line
 
 _COLORS = {PASS: "32", FAIL: "31", ERROR: "35", "warn": "33", "dim": "2", "bold": "1"}
 MESSAGE_WIDTH = 200
@@ -59,8 +61,6 @@ def _run_block(run: RunResult, color: bool, quiet: bool = False,
             lines += _case_lines(case, widths, color, cols.cells, verbose)
     lines += _perf_lines(run, color)
     if run.distribution and not quiet:
-        from specengine.report.distribution import distribution_lines
-
         klass = f" (tolerance class: {run.tolerance_class})" if run.tolerance_class else ""
         lines.append("  " + _paint(f"distribution over all positions{klass}", "dim", color))
         lines += ["    " + _paint(line, FAIL if line.startswith("distribution limit") else "dim",
@@ -91,8 +91,6 @@ def _case_lines(case, widths: list[int], color: bool, metric_cells=None,
             text = truncate(one_line(marked(case, side)), MESSAGE_WIDTH)
             out.append("      " + _paint(f"{side + ':':<10} {text}", "dim", color))
     if getattr(case, "localization", None):   # check --localize (kinds.causal_lm.localize)
-        from specengine.report.layers import localization_line
-
         out.append("      ↳ " + truncate(one_line(localization_line(case.localization)),
                                         MESSAGE_WIDTH))
     return out

@@ -25,6 +25,7 @@ from specengine.backends.onnx.export import META_FILE
 from specengine.backends.onnx.graph import GraphError, OnnxGraph
 from specengine.backends.onnx.graph import log_softmax
 from specengine.files import read_json
+from specengine.backends.host import cpu_name
 
 DEVICES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda",
            "TensorrtExecutionProvider": "cuda", "CANNExecutionProvider": "npu",
@@ -232,8 +233,6 @@ class OnnxBackend(Backend):
     def _device_name(self) -> str:
         eps = " > ".join(self.providers)
         if self.providers[0] == "CPUExecutionProvider":
-            from specengine.backends.host import cpu_name
-
             return f"{cpu_name()} (ONNX Runtime {eps})"
         return f"ONNX Runtime {eps}"
 

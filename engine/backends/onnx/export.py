@@ -42,6 +42,7 @@ from specengine.backends.torch.models import load_torch_model
 from specengine.files import building_dir, cache_dir, read_json
 from specengine.files import offline
 from specengine.progress import step
+from specengine.errors import UsageError
 
 RECIPE = "hf-decode-step/3"       # bump when the export recipe changes what it writes
 GRAPH_FILE = "model.onnx"
@@ -64,8 +65,6 @@ def export_settings(options: dict[str, Any], dtype: str) -> dict[str, Any]:
     export.update({k: v for k, v in (options.get("export") or {}).items()})
     unknown = sorted(set(export) - set(EXPORT_OPTIONS))
     if unknown:
-        from specengine.errors import UsageError
-
         raise UsageError(f"unknown onnx export option(s) {unknown} (known: "
                          f"{', '.join(EXPORT_OPTIONS)})")
     export["dtype"] = dtype

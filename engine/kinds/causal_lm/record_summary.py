@@ -15,6 +15,8 @@ from pathlib import Path
 
 from specengine.report.text import one_line, truncate
 from specengine.token_display import joined, token_pieces
+from specengine.loading.sources import resolve
+from specengine.loading.tokenizer import load_tokenizer
 
 TEXT_WIDTH = 160
 
@@ -56,9 +58,6 @@ def settled_step(expect: dict, ids: list[int], decode) -> int:
 
 def _tokenizer(spec):
     try:
-        from specengine.loading.sources import resolve
-        from specengine.loading.tokenizer import load_tokenizer
-
         return load_tokenizer(resolve(spec.model))
     except Exception:      # noqa: BLE001 - the summary is a courtesy; ids are shown instead
         return None

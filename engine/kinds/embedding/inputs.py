@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from specengine.errors import BackendUnavailable, ModelSourceError, SpecError, brief
+from specengine.files import offline
 
 SYNTHETIC_GRID = 8          # synthetic images: a random 8x8 grid per channel, interpolated
 
@@ -51,8 +52,6 @@ class InputPreparer:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from specengine.files import offline
-
             offline()
             from transformers import AutoTokenizer
 
