@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -6,6 +7,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("SPECENGINE_PROGRESS", "0")
+# pytest-xdist workers ignore SIGINT, and an ignored signal stays ignored in the processes
+# they start: the interrupt tests' children would never see Ctrl-C. Python's own handler
+# here means children start with the default again.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
