@@ -22,7 +22,8 @@ backends:
     model: {{path: {flipped}}}
 defaults:
   max_new_tokens: 12
-  determinism: {{runs: 2}}
+  # one run per case: determinism is the embedded spec's check (below); this is the lifecycle
+  determinism: {{runs: 1}}
 cases:
   - id: capital
     prompt: "The capital of France is"
