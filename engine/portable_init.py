@@ -39,7 +39,9 @@ _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 _SQRT3 = math.sqrt(3.0)       # sqrt is exactly rounded everywhere
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic): the portable counter-
+    based generator behind seeded weights and layer sketches."""
     with np.errstate(over="ignore"):
         x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK
         x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK
@@ -59,7 +61,7 @@ def uniforms(seed: int, name: str, shape: tuple[int, ...], draws: int = 1) -> np
     key = np.uint64(_key(seed, name, tuple(shape)))
     with np.errstate(over="ignore"):
         counters = (np.arange(n * draws, dtype=np.uint64) + key) & _MASK
-    bits = _splitmix64(counters) >> np.uint64(11)
+    bits = splitmix64(counters) >> np.uint64(11)
     return (bits.astype(np.float64) * (1.0 / (1 << 53))).reshape((draws, *shape))
 
 

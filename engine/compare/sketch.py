@@ -33,6 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
+from specengine.portable_init import splitmix64
+
 METHOD = "rademacher-v1"
 DIMS = 64
 MAX_POSITIONS = 64
@@ -54,23 +56,14 @@ def choose_positions(length: int, max_positions: int = MAX_POSITIONS) -> list[in
     return sorted({int(round(x)) for x in picks})
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK
-        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK
-        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK
-        return x ^ (x >> np.uint64(31))
-
-
 def projection(seed: int, position: int, dims: int, width: int) -> np.ndarray:
     """R_p: (dims, width) float64 with entries ±1/sqrt(dims), a pure function of
     (seed, position, row, column)."""
-    key = _splitmix64(np.array([(int(seed) & 0xFFFFFFFF) << 32 | (int(position) & 0xFFFFFFFF)],
+    key = splitmix64(np.array([(int(seed) & 0xFFFFFFFF) << 32 | (int(position) & 0xFFFFFFFF)],
                                dtype=np.uint64))[0]
     with np.errstate(over="ignore"):
         counters = (np.arange(dims * width, dtype=np.uint64) + key) & _MASK
-    bits = _splitmix64(counters) >> np.uint64(63)
+    bits = splitmix64(counters) >> np.uint64(63)
     signs = 1.0 - 2.0 * bits.astype(np.float64)
     return signs.reshape(dims, width) / math.sqrt(dims)
 
