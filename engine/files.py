@@ -16,6 +16,7 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import stat
 import shutil
 import tempfile
@@ -38,20 +39,25 @@ def cache_dir() -> Path:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` as UTF-8 (a lone surrogate as a backslash escape) to a temp file in the
     target's folder, then rename it over the target: readers see the old file or the new
-    one, never half of one. The file gets the usual permissions (0666 less the umask)."""
+    one, never half of one. The file gets the usual permissions (0666 less the umask).
+
+    The temp name is chosen before the file is created, so an interrupt at any moment
+    (Ctrl-C between creating and renaming) still removes it; only SIGKILL can leave a
+    hidden `.NAME.*.tmp` beside the target."""
     path = Path(path)
     data = text.encode("utf-8", errors="backslashreplace")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise OutputError.writing(path, exc) from None
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                     0o666)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -59,12 +65,6 @@ def atomic_write_text(path: Path, text: str) -> None:
         if isinstance(exc, OSError):
             raise OutputError.writing(path, exc) from None
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 @contextlib.contextmanager
