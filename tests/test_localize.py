@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jsonschema import Draft202012Validator
 
-from helpers import REPO, cli, flip_o_proj, load_json, perturb_model, write_spec
+from helpers import REPO, assert_clean_error, cli, flip_o_proj, load_json, perturb_model, write_spec
 from specengine.compare import layers as L
 from specengine.kinds.causal_lm import layers as LC
 from specengine.kinds.causal_lm import localize as LZ
@@ -466,3 +466,15 @@ def test_localize_names_the_flipped_layer_on_smollm2(smol):
     res = cli("localize", spec_path, "--backend", "flip25", "--case", "relativity",
               "--golden-dir", gdir)
     assert res.rc == 1 and "first flagged layer: layer.25" in res.out, res.text
+
+
+@pytest.mark.parametrize("command,refusal", [
+    ("localize", "localize works on causal-lm specs (this one is kind: embedding)"),
+    ("calibrate", "calibrate proposes causal-lm tolerances (this spec is kind: embedding)"),
+])
+def test_kind_table_refuses_commands_a_kind_does_not_have(command, refusal):
+    """`localize` / `calibrate` go through the kind table: an embedding spec has neither,
+    so it is exit 2 with one line, before any model loads."""
+    line = assert_clean_error(cli(command, REPO / "specs" / "minilm-l6.yaml", "--backend",
+                                  "cpu"), 2)
+    assert refusal in line, line

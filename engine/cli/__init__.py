@@ -337,15 +337,24 @@ def _localize_parsers(sub) -> None:
 
 
 def cmd_localize(args) -> int:
-    from specengine.kinds.causal_lm.localize import cli_main
-
-    return cli_main(args, _specs)
+    return _kind_command(args, "localize", "localize works on causal-lm specs (this one is "
+                                           "kind: {kind})")
 
 
 def cmd_calibrate(args) -> int:
-    from specengine.kinds.causal_lm.calibrate import cli_main
+    return _kind_command(args, "calibrate", "calibrate proposes causal-lm tolerances (this "
+                                            "spec is kind: {kind})")
 
-    return cli_main(args, _specs)
+
+def _kind_command(args, column: str, refusal: str) -> int:
+    """A command only some kinds have (the kind table's `column`), on one spec."""
+    from specengine.run import kind_of
+
+    spec = _specs([args.spec])[0]
+    command = getattr(kind_of(spec), column)
+    if command is None:
+        raise UsageError(f"{spec.path}: {refusal.format(kind=spec.kind)}")
+    return command(args, lambda targets: [spec])
 
 
 COMMANDS = {"validate": cmd_validate, "record-golden": cmd_record, "check": cmd_check,
