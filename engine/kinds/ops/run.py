@@ -206,8 +206,8 @@ def record_ops_golden(spec: Spec, backend_name: str, golden_dir: Path, update: b
         records = record_cases(spec.cases, spec, name, record)
     finally:
         runner.close()
-    env = {k: v for k, v in side.__dict__.items()
-           if k not in ("model_fingerprint", "model_source", "model_override", "trust_remote_code")}
+    env = {k: v for k, v in side.recorded().items()    # no model: no model flags either
+           if k not in ("model_override", "trust_remote_code")}
     data = {"format": OPS_GOLDEN_FORMAT, "kind": "ops", "spec": spec.name, "backend": name,
             "recorded_with": env, "ops": records}
     return replace_golden(path, seal(data), old, describe_ops_changes, echo)
