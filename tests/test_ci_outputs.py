@@ -47,10 +47,10 @@ model:
     model:
 {_synthetic(0.5, "      ")}defaults:
   max_new_tokens: 8
-  # limits pinned at the half-precision set: `near` is a float32 copy rescaled by 0.5 %,
-  # which the float32 defaults (rightly) would fail
-  tolerance: {{kl_mean_max: 0.01, kl_max: 0.05, logprob_atol: 0.5,
-              divergence: {{within_top_k: 5, max_margin: 0.5}}}}
+  # float32 limits pinned at half-precision size: `near` is a float32 copy rescaled by
+  # 0.5 %, which the float32 defaults (rightly) would fail
+  tolerance: {{float32: {{kl_mean_max: 0.01, kl_max: 0.05, logprob_atol: 0.5,
+                        divergence: {{within_top_k: 5, max_margin: 0.5}}}}}}
 cases:
   - id: hello
     prompt: "Hello there"
@@ -61,8 +61,9 @@ cases:
   - id: count
     prompt: "1, 2, 3,"
     tags: [english]
-    tolerance: {{kl_mean_max: 2.0, kl_max: 5.0, logprob_atol: 10.0, top1_agreement_min: 0.5,
-                divergence: {{within_top_k: 10, max_margin: 5.0}}}}
+    tolerance: {{float32: {{kl_mean_max: 2.0, kl_max: 5.0, logprob_atol: 10.0,
+                          top1_agreement_min: 0.5,
+                          divergence: {{within_top_k: 10, max_margin: 5.0}}}}}}
 """
 
 NOT_A_SPEC = "# some other YAML in the repository\nfoo: 1\nspecengine_version: 2\n"

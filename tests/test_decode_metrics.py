@@ -13,8 +13,9 @@ from specengine.compare import tokens as compare
 from specengine.compare.distribution import distribution, judge
 from specengine.results import Side
 from specengine.results import comparison_label
-from specengine.compare.tolerances import (DEFAULTS, FLOAT32, HALF, QUANTIZED, Tolerance, ToleranceSource,
-                                   coarser, dtype_class)
+from specengine.compare.limits import LimitSource
+from specengine.compare.tolerances import (DEFAULTS, FLOAT32, HALF, QUANTIZED, Tolerance,
+                                           coarser, dtype_class)
 
 
 def _log_softmax(x):
@@ -110,16 +111,23 @@ def test_dtype_classes_and_the_coarser_side():
     assert DEFAULTS[FLOAT32].logprob_atol < DEFAULTS[HALF].logprob_atol < DEFAULTS[QUANTIZED].logprob_atol
 
 
-def test_spec_and_case_values_win_over_every_class():
-    src = ToleranceSource.of({"kl_mean_max": 0.003, "divergence": {"max_margin": 0.2}},
-                             {"logprob_atol": 0.7})
-    for klass in (FLOAT32, HALF, QUANTIZED):
-        tol = src.resolve(klass)
-        assert tol.kl_mean_max == 0.003 and tol.max_margin == 0.2 and tol.logprob_atol == 0.7
-        assert tol.kl_max == DEFAULTS[klass].kl_max
-    assert src.label(FLOAT32) == ("float32 defaults + spec: kl_mean_max, max_margin + "
-                                  "case: logprob_atol")
-    assert ToleranceSource().label(HALF) == "half defaults"
+def test_values_of_one_class_never_judge_another():
+    """A block written for half leaves float32 and quantized at their defaults; the
+    label names who wrote each value and never claims an overridden default."""
+    src = LimitSource.of({"half": {"kl_mean_max": 0.003, "divergence": {"max_margin": 0.2}}},
+                         {"half": {"logprob_atol": 0.7}, "float32": {"kl_max": 5e-4}})
+    half = src.resolve(HALF, DEFAULTS[HALF])
+    assert half.values.kl_mean_max == 0.003 and half.values.max_margin == 0.2
+    assert half.values.logprob_atol == 0.7 and half.values.kl_max == DEFAULTS[HALF].kl_max
+    f32 = src.resolve(FLOAT32, DEFAULTS[FLOAT32])
+    assert f32.values == DEFAULTS[FLOAT32].merged({"kl_max": 5e-4})
+    assert src.resolve(QUANTIZED, DEFAULTS[QUANTIZED]).values == DEFAULTS[QUANTIZED]
+    assert half.label() == ("half: kl_mean_max, max_margin from spec; logprob_atol from case; "
+                            "the rest class defaults")
+    assert f32.label() == "float32: kl_max from case; the rest class defaults"
+    assert "default" not in f32.origin("kl_max") and f32.origin("kl_mean_max") == \
+        "float32 default"
+    assert LimitSource().resolve(HALF, DEFAULTS[HALF]).label() == "half: class defaults"
 
 
 def test_gather_from_topk_reads_known_ids_and_bounds_the_rest():

@@ -111,14 +111,14 @@ cases:
 
 
 @pytest.mark.parametrize("text,line,fragment", [
-    (EMB + "    tolerance: {kl_max: 0.1}\n", 7, "'kl_max' is not used by embedding specs"),
+    (EMB + "    tolerance: {half: {kl_max: 0.1}}\n", 7, "'kl_max' is not used by embedding specs"),
     (EMB + "    expect: {contains: x}\n", 7, "'expect' is not used by embedding specs"),
     (EMB.replace("texts: [hello]", "prompt: hello"), 6, "'prompt' is not used by embedding"),
     (EMB + "    synthetic_images: {count: 1}\n", 5, "exactly one of prompt, messages"),
     (EMB.replace("kind: embedding", "kind: causal-lm"), 6, "'texts' is not used by causal-lm"),
     ("specengine: 1\nname: x\nmodel: {path: a}\nembedding: {pooling: mean}\n"
      "cases: [{id: a, prompt: p}]\n", 4, "'embedding' is not used by causal-lm"),
-    ("specengine: 1\nname: x\nmodel: {path: a}\ndefaults:\n  tolerance: {cosine_min: 0.9}\n"
+    ("specengine: 1\nname: x\nmodel: {path: a}\ndefaults:\n  tolerance: {half: {cosine_min: 0.9}}\n"
      "cases: [{id: a, prompt: p}]\n", 5, "'cosine_min' is not used by causal-lm specs (it applies "
      "to embedding and ops specs)"),
     (EMB + "  - id: t\n    texts: [x]\n", 7, "duplicate case id 't'"),
@@ -132,14 +132,18 @@ def test_embedding_spec_errors_name_the_place(text, line, fragment):
 
 
 def test_embedding_spec_resolves(tmp_path):
-    spec = parse_spec(EMB.replace("cases:", "defaults:\n  tolerance: {cosine_min: 0.99}\n"
+    spec = parse_spec(EMB.replace("cases:", "defaults:\n  tolerance: {half: {cosine_min: 0.99}}\n"
                                   "embedding: {outputs: [pooled], max_length: 32}\ncases:")
-                      + "  - id: img\n    images: [pics/a.npy]\n    tolerance: {hidden_cosine_min: 0.5}\n"
+                      + "  - id: img\n    images: [pics/a.npy]\n"
+                      "    tolerance: {half: {hidden_cosine_min: 0.5}}\n"
                       + "  - id: syn\n    synthetic_images: {count: 2, seed: 4}\n",
                       str(tmp_path / "e.yaml"))
     assert spec.kind == "embedding" and spec.settings.outputs == ("pooled",)
     t, img, syn = spec.cases
-    assert t.tolerance.cosine_min == 0.99 and img.tolerance.hidden_cosine_min == 0.5
+    assert t.limits("half").values.cosine_min == 0.99
+    assert img.limits("half").values.hidden_cosine_min == 0.5
+    # float32 comparisons keep the float32 defaults, far tighter than half's
+    assert t.limits("float32").values.cosine_min == 0.99999
     assert img.images == [str(tmp_path / "pics" / "a.npy")] and syn.synthetic == {"count": 2, "seed": 4}
 
 

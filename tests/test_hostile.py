@@ -317,9 +317,17 @@ def test_hostile_text_is_escaped_in_every_report_and_nothing_is_written_elsewher
     env = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "HF_HOME": str(home / "hf"),
            "SPECENGINE_CACHE": str(tmp_path / "cache"), "TMPDIR": str(tmp_path / "tmp")}
     (tmp_path / "tmp").mkdir()
+    # the golden is recorded before the hostile expectations are added (a reference that
+    # fails its own expectations is refused as a golden); expectations are not part of a
+    # case's golden hash, so the golden stays valid and the candidate fails them
+    plain = "\n".join(line for line in HOSTILE.splitlines() if "expect:" not in line) + "\n"
+    write_spec(work / "specs" / "hostile.yaml", plain)
+    assert cli("record-golden", spec, "--golden-dir", tmp_path / "golden", cwd=work,
+               env=dict(env, TMPDIR=str(tmp_path / "cache"))).rc == 0
+    write_spec(work / "specs" / "hostile.yaml", HOSTILE)
     before = _snapshot(tmp_path, skip=("golden", "cache", "reports", "tmp"))
     out = tmp_path / "reports"
-    # the main job in one process: record the missing golden, check, write every report
+    # the main job in one process: the golden is there, check, write every report
     result = cli("run", spec, "--backend", "cpu", "--golden-dir", tmp_path / "golden",
                  "--report-dir", out, cwd=work, env=env)
     assert result.rc == 1, result.text            # the two expectations fail, nothing else

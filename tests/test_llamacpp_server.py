@@ -111,7 +111,8 @@ def test_neutral_settings_make_it_greedy_and_the_quantized_class_judges_it(llama
         assert got["greedy"]["status"] == "pass", got["greedy"]
         tf = got["teacher-forced"]
         assert tf["status"] == "pass", tf            # the chat case is scored too
-        assert tf["metrics"]["tolerance_set"].startswith("quantized"), tf["metrics"]
+        assert tf["metrics"]["tolerance_class"] == "quantized", tf["metrics"]
+        assert tf["metrics"]["tolerance_set"].startswith("quantized:"), tf["metrics"]
         # quantized kernels vs dequantized float32: small but not float32 noise
         assert 1e-5 < tf["metrics"]["kl_mean"] < 0.1, tf["metrics"]
     assert result.rc == 0, result.text

@@ -423,7 +423,7 @@ def test_localize_names_the_flipped_layer_on_smollm2(smol):
     from specengine.loading.session import open_session
     from specengine.spec import load_spec
 
-    from specengine.kinds.causal_lm.check import check_staleness as _check_staleness
+    from specengine.kinds.causal_lm.golden import check_staleness as _check_staleness
 
     spec_path, gdir = smol
     spec = load_spec(spec_path)

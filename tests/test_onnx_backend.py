@@ -301,8 +301,8 @@ backends:
 defaults:
   max_new_tokens: 8
   determinism: {{runs: 2}}
-  tolerance: {{kl_mean_max: 0.0001, kl_max: 0.0005, top1_agreement_min: 1.0,
-               logprob_atol: 0.001}}
+  tolerance: {{float32: {{kl_mean_max: 0.0001, kl_max: 0.0005, top1_agreement_min: 1.0,
+                         logprob_atol: 0.001}}}}
 cases:
   - id: capital
     prompt: "The capital of France is"

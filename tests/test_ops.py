@@ -178,7 +178,7 @@ ops:
     (OPS_SPEC + "  - id: s\n    op: sdpa\n    shape: {heads: 5, kv_heads: 2, seq: 2, head_dim: 4}\n",
      9, "not a multiple of kv_heads"),
     (OPS_SPEC + "  - id: a\n    op: silu\n    shape: {tokens: 1, hidden: 2}\n", 7, "duplicate op id 'a'"),
-    (OPS_SPEC + "    tolerance: {kl_max: 1}\n", 7, "'kl_max' is not used by ops specs"),
+    (OPS_SPEC + "    tolerance: {half: {kl_max: 1}}\n", 7, "'kl_max' is not used by ops specs"),
     (OPS_SPEC + "model: {path: a}\n", 3, "an operator spec (ops:) has no model or cases"),
     ("specengine: 1\nname: o\n", 1, "'model' is a required property"),
     (OPS_SPEC + "  - id: n\n    op: rms_norm\n    shape: {tokens: 1, hidden: 2}\n"

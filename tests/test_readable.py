@@ -136,7 +136,11 @@ def test_record_golden_prints_continuations_and_near_ties(tmp_path):
     assert abs(near_ties(record, 0.5)[0][1] - 0.2) < 1e-9
     spec = write_spec(tmp_path / "specs" / "ci.yaml", GATE_SPEC.replace(
         "tags: [english, smoke]", 'tags: [english, smoke]\n    expect: {contains: "x"}'))
+    # the reference itself does not write "x": refused, then recorded with the case marked
     rc, out, err = run_main("record-golden", spec, "--golden-dir", tmp_path / "golden")
+    assert rc == 1 and "fails its own spec's expectations" in err, out + err
+    rc, out, err = run_main("record-golden", spec, "--golden-dir", tmp_path / "golden",
+                            "--allow-failing-expectations")
     assert rc == 0, out + err
     lines = out.splitlines()
     for cid in ("hello", "chat", "count"):

@@ -127,16 +127,16 @@ model:
 # -- 2. numbers -------------------------------------------------------------------------
 
 NUMBER_SITES = [
-    ("defaults:\n  max_new_tokens: 3\n", "defaults:\n  max_new_tokens: 3\n  tolerance: {kl_mean_max: VALUE}\n"),
-    ("defaults:\n  max_new_tokens: 3\n", "defaults:\n  max_new_tokens: 3\n  tolerance: {kl_max: VALUE}\n"),
-    ("defaults:\n  max_new_tokens: 3\n", "defaults:\n  max_new_tokens: 3\n  tolerance: {top1_agreement_min: VALUE}\n"),
-    ("defaults:\n  max_new_tokens: 3\n", "defaults:\n  max_new_tokens: 3\n  tolerance: {logprob_atol: VALUE}\n"),
-    ("defaults:\n  max_new_tokens: 3\n", "defaults:\n  max_new_tokens: 3\n  tolerance: {divergence: {max_margin: VALUE}}\n"),
+    ("defaults:\n  max_new_tokens: 3\n", "defaults:\n  max_new_tokens: 3\n  tolerance: {half: {kl_mean_max: VALUE}}\n"),
+    ("defaults:\n  max_new_tokens: 3\n", "defaults:\n  max_new_tokens: 3\n  tolerance: {half: {kl_max: VALUE}}\n"),
+    ("defaults:\n  max_new_tokens: 3\n", "defaults:\n  max_new_tokens: 3\n  tolerance: {half: {top1_agreement_min: VALUE}}\n"),
+    ("defaults:\n  max_new_tokens: 3\n", "defaults:\n  max_new_tokens: 3\n  tolerance: {half: {logprob_atol: VALUE}}\n"),
+    ("defaults:\n  max_new_tokens: 3\n", "defaults:\n  max_new_tokens: 3\n  tolerance: {half: {divergence: {max_margin: VALUE}}}\n"),
     ("defaults:\n  max_new_tokens: 3\n", "defaults:\n  max_new_tokens: 3\n  timeout_s: VALUE\n"),
     ("defaults:\n  max_new_tokens: 3\n", "defaults:\n  max_new_tokens: 3\n  determinism: {atol: VALUE}\n"),
     ("    seed: 3\n", "    seed: VALUE\n"),
     ("    init_std: 0.4\n", "    init_std: VALUE\n"),
-    ("    prompt: \"Hello\"\n", "    prompt: \"Hello\"\n    tolerance: {kl_mean_max: VALUE}\n"),
+    ("    prompt: \"Hello\"\n", "    prompt: \"Hello\"\n    tolerance: {half: {kl_mean_max: VALUE}}\n"),
     ("    prompt: \"Hello\"\n", "    prompt: \"Hello\"\n    expect: {min_prob: VALUE}\n"),
     ("cases:\n", "perf: {budgets: {cpu: {ttft_ms: {p50: VALUE}}}, regression_max: 0.1}\ncases:\n"),
     ("cases:\n", "perf: {regression_max: VALUE}\ncases:\n"),
@@ -173,9 +173,9 @@ def test_out_of_range_numbers_are_refused(old, new, fragment):
 
 def test_nan_tolerance_on_the_command_line_is_exit_2(tmp_path):
     spec = write_spec(tmp_path / "s.yaml", BASE.replace(
-        "  max_new_tokens: 3\n", "  max_new_tokens: 3\n  tolerance: {kl_mean_max: .nan}\n"))
+        "  max_new_tokens: 3\n", "  max_new_tokens: 3\n  tolerance: {half: {kl_mean_max: .nan}}\n"))
     line = assert_clean_error(_product("validate", spec), 2)
-    assert re.match(r".*s\.yaml:13:28: ", line), line
+    assert re.match(r".*s\.yaml:13:35: ", line), line
 
 
 # -- 3. names ----------------------------------------------------------------------------

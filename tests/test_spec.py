@@ -19,13 +19,13 @@ model:
   path: ${DEMO_MODELS:-models}/tiny
 defaults:
   max_new_tokens: 8
-  tolerance: {kl_mean_max: 0.02}
+  tolerance: {half: {kl_mean_max: 0.02}}
 cases:
   - id: a
     prompt: "The capital of France is"
   - id: b
     messages: [{role: user, content: hi}]
-    tolerance: {kl_max: 0.3, divergence: {within_top_k: 2}}
+    tolerance: {half: {kl_max: 0.3, divergence: {within_top_k: 2}}}
     max_new_tokens: 4
 """
 
@@ -38,7 +38,7 @@ BROKEN = {
     "duplicate-ids": ("specengine: 1\nname: x\nmodel: {path: a}\ncases:\n  - {id: a, prompt: p}\n"
                       "  - {id: a, prompt: q}\n", 6, "duplicate case id 'a'"),
     "negative-tolerance": ("specengine: 1\nname: x\nmodel: {path: a}\ncases:\n  - id: a\n    prompt: p\n"
-                           "    tolerance: {kl_max: -0.5}\n", 7, "less than the minimum"),
+                           "    tolerance: {half: {kl_max: -0.5}}\n", 7, "less than the minimum"),
     "python-tag": ("specengine: 1\nname: x\nmodel: !!python/object/apply:os.system ['touch PWNED']\n"
                    "cases: [{id: a, prompt: p}]\n", 3, "tag"),
     "name-escape": ("specengine: 1\nname: ../../etc\nmodel: {path: a}\ncases: [{id: a, prompt: p}]\n",
@@ -50,8 +50,13 @@ BROKEN = {
     "no-prompt": ("specengine: 1\nname: x\nmodel: {path: a}\ncases:\n  - id: a\n", 5,
                   "exactly one of prompt, messages"),
     "tolerance-order": ("specengine: 1\nname: x\nmodel: {path: a}\ndefaults:\n  tolerance: "
-                        "{kl_mean_max: 0.5, kl_max: 0.1}\ncases: [{id: a, prompt: p}]\n", 5,
+                        "{half: {kl_mean_max: 0.5, kl_max: 0.1}}\ncases: [{id: a, prompt: p}]\n", 5,
                         "larger than kl_max"),
+    "flat-tolerance": ("specengine: 1\nname: x\nmodel: {path: a}\ndefaults:\n  tolerance:\n"
+                       "    kl_max: 0.1\ncases: [{id: a, prompt: p}]\n", 6,
+                       "limits are keyed by numeric class"),
+    "misspelt-class": ("specengine: 1\nname: x\nmodel: {path: a}\ncases:\n  - id: a\n    prompt: p\n"
+                       "    tolerance: {hafl: {kl_max: 0.1}}\n", 7, "did you mean 'half'"),
     "bad-regex": ("specengine: 1\nname: x\nmodel: {path: a}\ncases:\n  - id: a\n    prompt: p\n"
                   "    expect: {regex: '([a-'}\n", 7, "bad regular expression"),
     "duplicate-key": ("specengine: 1\nname: x\nname: y\nmodel: {path: a}\ncases: [{id: a, prompt: p}]\n",
@@ -70,9 +75,12 @@ def test_good_spec_resolves_defaults_and_overrides(monkeypatch, tmp_path):
     assert spec.model.path == str(tmp_path / "models" / "tiny")
     assert spec.model.env_vars == ("DEMO_MODELS",)
     assert a.max_new_tokens == 8 and b.max_new_tokens == 4
-    assert a.tolerance.kl_mean_max == 0.02 and a.tolerance.kl_max == 0.05
-    assert b.tolerance.kl_mean_max == 0.02 and b.tolerance.kl_max == 0.3
-    assert b.tolerance.within_top_k == 2 and a.tolerance.within_top_k == 5
+    half_a, half_b = (c.limits("half").values for c in (a, b))
+    assert half_a.kl_mean_max == 0.02 and half_a.kl_max == 0.05
+    assert half_b.kl_mean_max == 0.02 and half_b.kl_max == 0.3
+    assert half_b.within_top_k == 2 and half_a.within_top_k == 5
+    # the half block never judges a float32 comparison
+    assert a.limits("float32").values.kl_mean_max == 1e-4
     assert b.messages == [{"role": "user", "content": "hi"}]
     assert a.line == 9 and b.line == 11
 
@@ -100,7 +108,8 @@ def test_broken_spec_errors_name_the_place(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["yaml-syntax", "unknown-key", "duplicate-ids", "python-tag",
-                                  "name-escape", "negative-tolerance", "wrong-type"])
+                                  "name-escape", "negative-tolerance", "wrong-type",
+                                  "flat-tolerance"])
 def test_broken_spec_cli_exit_2_one_line(name, tmp_path):
     text, line, fragment = BROKEN[name]
     spec = write_spec(tmp_path / "broken.yaml", text)

@@ -66,8 +66,11 @@ def recorded(tmp_path_factory) -> Path:
     golden = tmp_path_factory.mktemp("recorded")
     # one CPU thread, as the committed goldens were recorded (float32 sums are reduced in
     # another order with more threads, and the comparison here is byte for byte)
+    # the committed goldens carry the reference's own float32 and half noise, the
+    # yardstick of the stand-ins' relative float32 limits
     result = cli("record-golden", *[spec_path(n) for n in sorted(STANDINS)], "--backend", "cpu",
-                 "--golden-dir", golden, env={"OMP_NUM_THREADS": "1"})
+                 "--noise", "float32", "--noise", "half", "--golden-dir", golden,
+                 env={"OMP_NUM_THREADS": "1"})
     assert result.rc == 0, result.text
     return golden
 
@@ -113,7 +116,8 @@ def test_committed_golden_is_reproduced(name, recorded):
     assert fresh == committed, (
         f"golden/{name}/cpu.json differs from a fresh recording: the synthetic model or the "
         "engine changed; re-record with `specengine record-golden specs/tiny/"
-        f"{name}.yaml --backend cpu --golden-dir golden --update` with OMP_NUM_THREADS=1 "
+        f"{name}.yaml --backend cpu --noise float32 --noise half --golden-dir golden --update` "
+        "with OMP_NUM_THREADS=1 "
         "and review the diff")
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from specengine import __version__
+from specengine.cli import migrate
 from specengine.cli.output import (backends_parser, configure_output, finish, output_args,
     say, stdout_gone)
 from specengine.errors import SpecEngineError, UsageError, printable
@@ -34,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="schema + semantic checks of specs (no model is loaded)")
     p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files or folders")
+    p.add_argument("--fix", action="store_true", help="first move flat tolerance blocks "
+                   "under their numeric class (as `specengine migrate`)")
+    migrate.class_arg(p)
+    migrate.add_parser(sub)
 
     p = sub.add_parser("record-golden", help="record goldens on a reference backend")
     p.add_argument("specs", nargs="+", metavar="SPEC")
@@ -44,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record even when the reference's own incremental decode and one-pass "
                    "forward disagree on a case beyond its dtype's noise (refused by default, "
                    "exit 1); the golden then lists those cases")
+    p.add_argument("--noise", action="append", choices=("float32", "half"), metavar="CLASS",
+                   help="also measure the reference model's own error in this numeric class "
+                   "(half: run again in bfloat16; float32: again with another thread count) on "
+                   "both paths and store it per case, the yardstick of relative limits "
+                   "({noise: K}); on an existing golden without --update it is added, the "
+                   "recorded outputs kept byte for byte (repeatable)")
+    p.add_argument("--allow-failing-expectations", action="store_true",
+                   help="record even when the reference's own text fails a case's expect "
+                   "(refused by default, exit 1); the golden marks those expectations and "
+                   "check reports them as failing on the reference too")
     p.add_argument("--perf", action="store_true", help="record the perf golden instead of the "
                    "output golden: the spec's perf: measurement on --backend, stored for its "
                    "device class (backend + device name + dtype) under GOLDEN_DIR/SPEC/perf/")
@@ -58,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perf", action="store_true", help="also measure performance (the spec's "
                    "perf: section, or its defaults) and judge budgets and the perf golden; "
                    "without it no perf is measured, so plain checks stay fast")
-    p.add_argument("--localize", action="store_true", help="localize each failing case: "
+    p.add_argument("--localize", nargs="?", const="failing", choices=("failing", "all"),
+                   help="localize each failing case (or, with `all`, every case: a passing "
+                   "case with a flagged layer gets a warning): "
                    "per-layer errors against the golden's layer sketch (or the --against "
                    "backend's hidden states) and the first layer that drifts, in every report")
     _golden_dir_arg(p)
@@ -194,6 +211,8 @@ def cmd_validate(args) -> int:
     """Every error of every file, then a summary line."""
     from specengine.cli.validate import cli_main
 
+    if args.fix:
+        migrate.migrate_files(args.specs, args.klass)
     return cli_main(args)
 
 
@@ -208,7 +227,9 @@ def cmd_record(args) -> int:
             print(f"recorded perf golden {printable(path)}")
             continue
         path = record_golden(spec, args.backend or spec.reference, golden_dir, args.update,
-                             allow_inconsistent=args.allow_inconsistent_reference)
+                             allow_inconsistent=args.allow_inconsistent_reference,
+                             noise=tuple(dict.fromkeys(args.noise or ())),
+                             allow_failing=args.allow_failing_expectations)
         print(f"recorded {printable(path)} ({len(spec.cases)} cases)")
         if not getattr(args, "quiet", False):
             from specengine.kinds.causal_lm.record_summary import summary_lines
@@ -359,7 +380,8 @@ def _kind_command(args, column: str, refusal: str) -> int:
 
 COMMANDS = {"validate": cmd_validate, "record-golden": cmd_record, "check": cmd_check,
             "run": cmd_run, "report": cmd_report, "schema": cmd_schema, "init": cmd_init}
-COMMANDS.update({"localize": cmd_localize, "calibrate": cmd_calibrate})
+COMMANDS.update({"localize": cmd_localize, "calibrate": cmd_calibrate,
+                 "migrate": migrate.cli_main})
 
 
 def cmd_backends(args) -> int:

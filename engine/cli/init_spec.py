@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from specengine.compare.tolerances import DEFAULTS, EMBEDDING_DEFAULTS
 from specengine.errors import ModelSourceError, UsageError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt",
@@ -198,12 +199,7 @@ def _causal_body(info: ModelInfo) -> list[str]:
     out = ["defaults:",
            "  max_new_tokens: 16",
            "  top_k: 10",
-           "  tolerance:               # the engine's defaults, spelled out to tune",
-           "    kl_mean_max: 0.01",
-           "    kl_max: 0.05",
-           "    top1_agreement_min: 0.9",
-           "    logprob_atol: 0.5",
-           "    divergence: {within_top_k: 5, max_margin: 0.5}",
+           *class_defaults_comment(DEFAULTS),
            "  determinism: {runs: 2}",
            "cases:"]
     for cid, prompt, tags in PROMPTS:
@@ -221,12 +217,28 @@ def _causal_body(info: ModelInfo) -> list[str]:
     return out
 
 
+def class_defaults_comment(by_class: dict) -> list[str]:
+    """The limits a new spec is judged by, per numeric class, as comments: nothing is
+    pinned, so every comparison gets its own class's defaults until the user calibrates
+    (calibrate --write writes the block of the class it measured)."""
+    out = ["  # No tolerance is pinned: each comparison is judged by the defaults of its numeric",
+           "  # class (the coarser side's: float32, half = bf16/fp16, quantized) until you run",
+           "  # `specengine calibrate SPEC --backend B --write`, which writes the block of the",
+           "  # class it measured. The class defaults, for reference:",
+           "  # tolerance:"]
+    for klass, tol in by_class.items():
+        values = ", ".join(f"{k}: {v:g}" for k, v in tol.as_dict().items()
+                           if v is not None and k not in ("within_top_k", "max_margin"))
+        if hasattr(tol, "within_top_k"):
+            values += (f", divergence: {{within_top_k: {tol.within_top_k}, "
+                       f"max_margin: {tol.max_margin:g}}}")
+        out.append(f"  #   {klass}: {{{values}}}")
+    return out
+
+
 def _embedding_body() -> list[str]:
     out = ["defaults:",
-           "  tolerance:               # the engine's defaults, spelled out to tune",
-           "    cosine_min: 0.999          # pooled embedding, per input",
-           "    hidden_cosine_min: 0.99    # last hidden state, per token",
-           "    # max_abs_err: 0.001       # optional absolute limits",
+           *class_defaults_comment(EMBEDDING_DEFAULTS),
            "  determinism: {runs: 2}",
            "cases:",
            "  - id: mixed",

@@ -20,13 +20,16 @@ def _schema_errors(located) -> list[SpecError]:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
-    from specengine.spec.checks import check_numbers
+    from specengine.spec.checks import check_numbers, class_block_errors
     from specengine.spec.load import error_rank, schema, schema_error
 
     try:
         check_numbers(located)
     except SpecError as exc:
         return [exc]
+    flat = class_block_errors(located)
+    if flat:
+        return flat
     validator = Draft202012Validator(schema("spec"))
     out, seen = [], set()
     for error in validator.iter_errors(located.data):

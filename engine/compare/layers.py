@@ -17,7 +17,9 @@ and `norm_ratio` are then estimated from the sketch (element-wise numbers are No
 
 The first flagged layer (the rule, documented in docs/localize.md):
 
-    layer l is flagged when  rel_err[l] >= floor  and  rel_err[l] >= growth · rel_err[l−1]
+    layer l is flagged when  rel_err[l] >= growth · rel_err[l−1]  and either
+        rel_err[l] >= floor, or
+        rel_err[l] >= jump_floor  and  rel_err[l] >= JUMP · max(rel_err[0..l−1])
 
 with rel_err[−1] = 0 for the embedding (its input, the token ids, is exact). The first
 flagged layer in order is reported: the layer whose error grows sharply relative to the
@@ -26,6 +28,13 @@ error already in its input, and is not just rounding noise. Defaults: growth 4; 
 0.098, float16: 0.012, float32: 0.001). Measured on SmolLM2 (docs/localize.md): bf16
 against fp32 noise reaches rel_err 0.053 and a growth of 4.0 between layers, while a
 sign-flipped o_proj gives rel_err >= 0.17 with a growth >= 7.1 at its layer.
+
+The second branch judges a jump against the preceding layers' own level: between two
+float32 sides every layer sits at rounding level (full states ~1e-7, a golden sketch's
+rounding <= 2.6e-6), so a layer 32x above everything before it is a real departure even
+when it stays under the 0.001 floor (a one-layer float32 bug at layer 0 measured 3.3e-4,
+329x its input). jump_floor is 1e-5 for float32 sides (4x above sketch rounding) and the
+floor itself for half and coarser, where the floor already sits at rounding level.
 """
 
 from __future__ import annotations
@@ -42,9 +51,12 @@ GROWTH = 4.0
 FLOOR_FACTOR = 25.0     # × unit roundoff of the coarser dtype
 FLOOR_MIN = 1e-3
 FLOOR = FLOOR_MIN       # the floor when both sides are float32
+JUMP = 32.0             # a jump over every preceding layer's level
+JUMP_MIN = 1e-5         # the least rel_err such a jump counts from (float32)
 REL_EPS = 1e-6          # |g| floor in element-wise relative errors
 RULE_TEXT = ("first layer whose rel_err (RMS over positions of ||c_p − g_p|| / ||g_p||) is at "
-             "least {floor:.3g} and at least {growth:g}× the previous layer's")
+             "least {growth:g}× the previous layer's and either at least {floor:.3g} or at "
+             "least {jump_floor:.3g} and {jump:g}× every preceding layer's")
 
 
 @dataclass
@@ -80,6 +92,7 @@ class Localization:
     growth: float = GROWTH
     floor: float = FLOOR
     rule: str = ""
+    jump_floor: float = FLOOR
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,6 +118,14 @@ def default_floor(*dtypes: str | None) -> float:
     u = max((UNIT_ROUNDOFF.get(str(d or "").lower(), UNIT_ROUNDOFF["bfloat16"])
              for d in dtypes), default=UNIT_ROUNDOFF["float32"])
     return max(FLOOR_MIN, FLOOR_FACTOR * u)
+
+
+def default_jump_floor(*dtypes: str | None) -> float:
+    """Where a jump over the preceding layers' level starts to count: JUMP_MIN between
+    float32 sides, the floor itself for coarser ones (which sit at rounding level)."""
+    u = max((UNIT_ROUNDOFF.get(str(d or "").lower(), UNIT_ROUNDOFF["bfloat16"])
+             for d in dtypes), default=UNIT_ROUNDOFF["float32"])
+    return min(default_floor(*dtypes), max(JUMP_MIN, FLOOR_FACTOR * u))
 
 
 def _finite(value: Any) -> Any:
@@ -166,49 +187,54 @@ def sketch_layer_metrics(index: int, name: str, ref_v: np.ndarray, cand_v: np.nd
                         norm_ratio=float(ratio.mean()) if ratio.size else 1.0)
 
 
-def flag_layers(rel_errs: Sequence[float], growth: float = GROWTH,
-                floor: float = FLOOR) -> tuple[list[float | None], list[bool], int | None]:
+def flag_layers(rel_errs: Sequence[float], growth: float = GROWTH, floor: float = FLOOR,
+                jump_floor: float | None = None
+                ) -> tuple[list[float | None], list[bool], int | None]:
     """The rule: per layer its growth over the previous layer's rel_err (None when the
     input was exact), whether it is flagged, and the first flagged index (or None).
 
     A NaN rel_err (NaN in the candidate's states) counts as infinite: the first layer that
     produces it is flagged, the layers that inherit it are not."""
+    jump_floor = floor if jump_floor is None else jump_floor
     growths: list[float | None] = []
     flags: list[bool] = []
-    prev = 0.0
+    prev = level = 0.0
     for err in rel_errs:
         err = float("inf") if np.isnan(err) else float(err)
+        high = err >= floor or (err >= jump_floor and err >= JUMP * level)
         if prev == 0.0:
-            ratio, flagged = None, err >= floor
+            ratio, flagged = None, high
         elif np.isinf(prev):
             ratio, flagged = 1.0, False
         else:
             ratio = err / prev
-            flagged = err >= floor and err >= growth * prev
+            flagged = high and err >= growth * prev
         growths.append(ratio)
         flags.append(bool(flagged))
-        prev = err
+        prev, level = err, max(level, err)
     first = next((i for i, f in enumerate(flags) if f), None)
     return growths, flags, first
 
 
 def _assemble(case_id: str, mode: str, reference: str, candidate: str, positions: int,
               layers: list[LayerMetrics], growth: float, floor: float,
-              notes: list[str] | None = None) -> Localization:
-    growths, flags, first = flag_layers([m.rel_err for m in layers], growth, floor)
+              notes: list[str] | None = None, jump_floor: float | None = None) -> Localization:
+    jump_floor = floor if jump_floor is None else jump_floor
+    growths, flags, first = flag_layers([m.rel_err for m in layers], growth, floor, jump_floor)
     for m, g, f in zip(layers, growths, flags):
         m.growth, m.flagged = g, f
     return Localization(case_id=case_id, mode=mode, reference=reference, candidate=candidate,
                         positions=positions, layers=layers, first_flagged=first,
                         first_flagged_name=layers[first].name if first is not None else None,
-                        growth=growth, floor=floor,
-                        rule=RULE_TEXT.format(growth=growth, floor=floor), notes=list(notes or []))
+                        growth=growth, floor=floor, jump_floor=jump_floor,
+                        rule=RULE_TEXT.format(growth=growth, floor=floor, jump_floor=jump_floor,
+                                              jump=JUMP), notes=list(notes or []))
 
 
 def localize_states(case_id: str, names: Sequence[str], ref_states: Sequence[np.ndarray],
                     cand_states: Sequence[np.ndarray], reference: str = "reference",
                     candidate: str = "candidate", growth: float = GROWTH,
-                    floor: float = FLOOR) -> Localization:
+                    floor: float = FLOOR, jump_floor: float | None = None) -> Localization:
     """Full comparison: both sides' per-layer hidden states, (T, d) each, same names."""
     if len(ref_states) != len(cand_states):
         raise ValueError(f"the reference has {len(ref_states)} layers and the candidate "
@@ -216,13 +242,14 @@ def localize_states(case_id: str, names: Sequence[str], ref_states: Sequence[np.
     layers = [layer_metrics(i, n, r, c)
               for i, (n, r, c) in enumerate(zip(names, ref_states, cand_states))]
     positions = int(np.asarray(ref_states[0]).shape[0]) if len(ref_states) else 0
-    return _assemble(case_id, "full", reference, candidate, positions, layers, growth, floor)
+    return _assemble(case_id, "full", reference, candidate, positions, layers, growth, floor,
+                     jump_floor=jump_floor)
 
 
 def localize_sketch(case_id: str, record: dict, names: Sequence[str],
                     cand_states: Sequence[np.ndarray], reference: str = "golden",
                     candidate: str = "candidate", growth: float = GROWTH,
-                    floor: float = FLOOR) -> Localization:
+                    floor: float = FLOOR, jump_floor: float | None = None) -> Localization:
     """Golden-only comparison: the golden's stored sketch against the candidate's states."""
     spec = sk.spec_of(record)
     ref_names = [layer["name"] for layer in record["layers"]]
@@ -245,7 +272,7 @@ def localize_sketch(case_id: str, record: dict, names: Sequence[str],
     notes.append(f"estimated from the golden's {spec.dims}-dim sketch of {len(spec.positions)} "
                  "positions; element-wise errors need the reference live (--against)")
     return _assemble(case_id, "sketch", reference, candidate, len(spec.positions), layers,
-                     growth, floor, notes)
+                     growth, floor, notes, jump_floor)
 
 
 def span(names: list[str]) -> str:

@@ -34,6 +34,11 @@ class TeacherForced:
     nonfinite: bool = False
     dp: list[float] = field(default_factory=list)         # per position, signed: p_C − p_G of G's token
     same_top1: list[bool] = field(default_factory=list)   # per position: C's argmax is G's top-1
+    within: list[str] = field(default_factory=list)       # each limit it kept: value ≤ limit
+
+    def verdict(self) -> str:
+        """The failures, or every limit kept with its value (for -v and the reports)."""
+        return "; ".join(self.failures) or "within limits: " + ", ".join(self.within)
 
 
 @dataclass
@@ -58,6 +63,11 @@ class Expectation:
     name: str
     passed: bool
     detail: str
+    want: str = ""          # what was expected, as written (`contains 'Paris'`): its identity
+
+    @property
+    def key(self) -> str:
+        return f"{self.name} {self.want}"
 
 
 @dataclass
@@ -128,17 +138,23 @@ def teacher_forced(golden_ids: np.ndarray, golden_lp: np.ndarray, golden_tail: n
         same_top1=[bool(x) for x in hits],
     )
     checks = [
-        (not finite, "candidate log-probs contain NaN or Inf"),
-        (res.kl_mean > tol.kl_mean_max, f"KL mean {res.kl_mean:.4g} > {tol.kl_mean_max:g}"),
-        (res.kl_max > tol.kl_max, f"KL max {res.kl_max:.4g} > {tol.kl_max:g} (position {res.worst_position})"),
+        (not finite, "candidate log-probs contain NaN or Inf", ""),
+        (res.kl_mean > tol.kl_mean_max, f"KL mean {res.kl_mean:.4g} > {tol.kl_mean_max:g}",
+         f"KL mean {res.kl_mean:.3g} ≤ {tol.kl_mean_max:g}"),
+        (res.kl_max > tol.kl_max, f"KL max {res.kl_max:.4g} > {tol.kl_max:g} (position {res.worst_position})",
+         f"KL max {res.kl_max:.3g} ≤ {tol.kl_max:g}"),
         (agree < tol.top1_agreement_min, f"top-1 agreement {agree:.3f} < {tol.top1_agreement_min:g} "
-                                          f"({res.near_ties} near-tie positions excluded)"),
+                                          f"({res.near_ties} near-tie positions excluded)",
+         f"top-1 agreement {agree:.3f} ≥ {tol.top1_agreement_min:g}"),
         (res.max_abs_dlogprob > tol.logprob_atol,
-         f"max |Δ logprob| {res.max_abs_dlogprob:.4g} > {tol.logprob_atol:g}"),
+         f"max |Δ logprob| {res.max_abs_dlogprob:.4g} > {tol.logprob_atol:g}",
+         f"max |Δ logprob| {res.max_abs_dlogprob:.3g} ≤ {tol.logprob_atol:g}"),
         (tol.prob_atol is not None and res.max_abs_dp > tol.prob_atol,
-         f"max |Δp| of the golden token {res.max_abs_dp:.4g} > {tol.prob_atol}"),
+         f"max |Δp| of the golden token {res.max_abs_dp:.4g} > {tol.prob_atol}",
+         f"max |Δp| {res.max_abs_dp:.3g} ≤ {tol.prob_atol}" if tol.prob_atol is not None else ""),
     ]
-    res.failures = [msg for bad, msg in checks if bad]
+    res.within = [ok for bad, _, ok in checks if not bad and ok]
+    res.failures = [msg for bad, msg, _ in checks if bad]
     res.passed = not res.failures
     return res
 
@@ -194,24 +210,27 @@ def expectations(expect: dict, text: str, ids: Sequence[int],
     short = _short(text)
     for key, want in expect.items():
         if key == "startswith":
-            out.append(Expectation(key, text.startswith(want), f"{short} starts with {want!r}"))
+            out.append(Expectation(key, text.startswith(want), f"{short} starts with {want!r}",
+                                   repr(want)))
         elif key == "equals":
-            out.append(Expectation(key, text == want, f"{short} == {want!r}"))
+            out.append(Expectation(key, text == want, f"{short} == {want!r}", repr(want)))
         elif key in ("contains", "not_contains"):
             items = [want] if isinstance(want, str) else list(want)
             for item in items:
                 ok = (item in text) == (key == "contains")
                 verb = "contains" if key == "contains" else "does not contain"
-                out.append(Expectation(key, ok, f"{short} {verb} {item!r}"))
+                out.append(Expectation(key, ok, f"{short} {verb} {item!r}", repr(item)))
         elif key == "regex":
             out.append(Expectation(key, re.search(want, text) is not None,
-                                   f"{short} matches /{want}/"))
+                                   f"{short} matches /{want}/", f"/{want}/"))
         elif key == "token_ids":
             ok = list(ids[:len(want)]) == list(want)
-            out.append(Expectation(key, ok, f"ids {list(ids[:len(want)])} start with {list(want)}"))
+            out.append(Expectation(key, ok, f"ids {list(ids[:len(want)])} start with {list(want)}",
+                                   str(list(want))))
         elif key == "min_prob":
             p = float(np.exp(first_token_logprob)) if first_token_logprob is not None else 0.0
-            out.append(Expectation(key, p >= want, f"first-token probability {p:.4f} >= {want}"))
+            out.append(Expectation(key, p >= want, f"first-token probability {p:.4f} >= {want}",
+                                   str(want)))
     return out
 
 
@@ -256,6 +275,10 @@ class Consistency:
     kl: list[float]
     abs_dlogprob: list[float]
     failures: list[str] = field(default_factory=list)
+    within: list[str] = field(default_factory=list)
+
+    def verdict(self) -> str:
+        return "; ".join(self.failures) or "within limits: " + ", ".join(self.within)
 
 
 def consistency(decode_lp: np.ndarray, decode_tail: np.ndarray, decode_top1: np.ndarray,
@@ -277,15 +300,20 @@ def consistency(decode_lp: np.ndarray, decode_tail: np.ndarray, decode_top1: np.
     res = Consistency(True, float(kl.mean()), float(kl.max()), float(dlp.max()), agree,
                       int(np.argmax(kl)), [float(x) for x in kl], [float(x) for x in dlp])
     checks = [
-        (res.kl_mean > tol.kl_mean_max, f"KL mean {res.kl_mean:.4g} > {tol.kl_mean_max:g}"),
+        (res.kl_mean > tol.kl_mean_max, f"KL mean {res.kl_mean:.4g} > {tol.kl_mean_max:g}",
+         f"KL mean {res.kl_mean:.3g} ≤ {tol.kl_mean_max:g}"),
         (res.kl_max > tol.kl_max, f"KL max {res.kl_max:.4g} > {tol.kl_max:g} "
-                                  f"(position {res.worst_position})"),
+                                  f"(position {res.worst_position})",
+         f"KL max {res.kl_max:.3g} ≤ {tol.kl_max:g}"),
         (agree < tol.top1_agreement_min, f"argmax agreement {agree:.3f} < "
-                                         f"{tol.top1_agreement_min:g}"),
+                                         f"{tol.top1_agreement_min:g}",
+         f"argmax agreement {agree:.3f} ≥ {tol.top1_agreement_min:g}"),
         (res.max_abs_dlogprob > tol.logprob_atol,
-         f"max |Δ logprob| {res.max_abs_dlogprob:.4g} > {tol.logprob_atol:g}"),
+         f"max |Δ logprob| {res.max_abs_dlogprob:.4g} > {tol.logprob_atol:g}",
+         f"max |Δ logprob| {res.max_abs_dlogprob:.3g} ≤ {tol.logprob_atol:g}"),
     ]
-    res.failures = [msg for failed, msg in checks if failed]
+    res.within = [ok for failed, _, ok in checks if not failed]
+    res.failures = [msg for failed, msg, _ in checks if failed]
     res.passed = not res.failures
     return res
 

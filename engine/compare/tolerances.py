@@ -1,12 +1,14 @@
-"""Default tolerances by numeric class: what each side's dtype lets us expect.
+"""Numeric classes and each kind's default limits per class: what each side's dtype lets
+us expect.
 
-A comparison is judged by the defaults of the *coarser* of its two sides' classes —
-float32 noise for two float32 sides, half-precision noise when either side is bfloat16 or
-float16, quantized noise when either side declares a quantized format — and then by the
-spec's and the case's own values, which always win. Every report names the set that
-judged it (e.g. "float32 defaults + spec: kl_mean_max").
+A comparison belongs to the *coarser* of its two sides' numeric classes — `float32` for
+two float32 sides, `half` when either side is bfloat16 or float16, `quantized` when either
+side declares a quantized format — and is judged only by that class's limits: the class
+defaults below, under the values a spec, a backend or a case writes *for that class*
+(`compare.limits`). A limit written for another class never applies, so a limit sized
+for bf16 noise never judges a float32 port.
 
-The numbers come from measurements on SmolLM2-135M (16 new tokens per case):
+The causal-LM numbers come from measurements on SmolLM2-135M (16 new tokens per case):
 
 - float32: an unmodified float32 copy (another process, other thread counts, ONNX Runtime)
   against the float32 golden gave KL ≤ 1e-6 and max |Δ logprob| ≤ 5e-5, onnx ≤ 3e-4;
@@ -18,12 +20,17 @@ The numbers come from measurements on SmolLM2-135M (16 new tokens per case):
 - quantized: the Q4_1 GGUF served natively against its dequantized float32 golden
   (measured with the served-deployment tests; see the deployment docs).
 
+Embedding defaults: half is what bf16 encoders reach (MiniLM, InternViT stand-in: pooled
+cosine ≥ 0.9995); float32 sides agree to ~1e-7, so the float32 defaults sit far tighter.
+Operator limits are already relative to the compute dtype (the dtype error ratio), so
+their defaults are the same in every class.
+
 Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 FLOAT32, HALF, QUANTIZED = "float32", "half", "quantized"
@@ -46,15 +53,41 @@ class Tolerance:
     max_margin: float = 0.5
 
     def merged(self, override: Mapping[str, Any] | None) -> "Tolerance":
-        if not override:
-            return self
-        values = dict(self.__dict__)
-        for key, value in override.items():
-            if key == "divergence":
-                values.update(dict(value))
-            else:
-                values[key] = value
-        return Tolerance(**values)
+        """These limits with `override`'s values (a flat block; `divergence` nested)."""
+        return replace(self, **flatten(override)) if override else self
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class EmbeddingTolerance:
+    cosine_min: float = 0.999
+    hidden_cosine_min: float = 0.99
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    rel_share_1e3_min: float | None = None
+    rel_share_5e3_min: float | None = None
+
+    def merged(self, override: Mapping[str, Any] | None) -> "EmbeddingTolerance":
+        return replace(self, **dict(override)) if override else self
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class OpTolerance:
+    cosine_min: float = 0.999
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    rel_share_1e3_min: float | None = None
+    rel_share_5e3_min: float | None = None
+    dtype_error_ratio_max: float = 64.0
+    routing_mismatch_max: int = 0
+
+    def merged(self, override: Mapping[str, Any] | None) -> "OpTolerance":
+        return replace(self, **dict(override)) if override else self
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -67,6 +100,22 @@ DEFAULTS: dict[str, Tolerance] = {
     QUANTIZED: Tolerance(kl_mean_max=0.1, kl_max=1.0, top1_agreement_min=0.75,
                          logprob_atol=2.0, within_top_k=5, max_margin=1.0),
 }
+
+EMBEDDING_DEFAULTS: dict[str, EmbeddingTolerance] = {
+    FLOAT32: EmbeddingTolerance(cosine_min=0.99999, hidden_cosine_min=0.9999),
+    HALF: EmbeddingTolerance(),
+    QUANTIZED: EmbeddingTolerance(cosine_min=0.99, hidden_cosine_min=0.95),
+}
+
+OP_DEFAULTS: dict[str, OpTolerance] = {klass: OpTolerance() for klass in CLASS_ORDER}
+
+# the limits a spec may state relative to the reference's own measured noise, and the
+# noise metric each one is measured against
+NOISE_METRICS = {"kl_mean_max": "kl_mean", "kl_max": "kl_max",
+                 "logprob_atol": "max_abs_dlogprob"}
+# the floor of a relative limit when the spec gives none (the noise of a float32
+# re-run can be exactly 0): what calibrate floors its proposals at, too
+NOISE_FLOORS = {"kl_mean_max": 1e-5, "kl_max": 1e-4, "logprob_atol": 1e-3}
 
 
 def dtype_class(dtype: str | None, quantization: Mapping[str, Any] | None = None) -> str:
@@ -90,38 +139,12 @@ def coarser(*classes: str) -> str:
     return max(classes, key=CLASS_ORDER.index) if classes else FLOAT32
 
 
-def flatten_override(override: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A spec/case tolerance mapping with `divergence: {…}` flattened into its keys."""
+def flatten(block: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A class's limits with `divergence: {…}` flattened into its keys."""
     out: dict[str, Any] = {}
-    for key, value in (override or {}).items():
+    for key, value in (block or {}).items():
         if key == "divergence":
             out.update(dict(value))
         else:
             out[key] = value
     return out
-
-
-@dataclass(frozen=True)
-class ToleranceSource:
-    """What a case's tolerance is made of: the spec's and the case's own values, applied
-    over the defaults of whichever numeric class the comparison turns out to be."""
-
-    spec: tuple[tuple[str, Any], ...] = ()     # defaults.tolerance, flattened
-    case: tuple[tuple[str, Any], ...] = ()     # the case's own tolerance, flattened
-
-    @classmethod
-    def of(cls, spec: Mapping[str, Any] | None, case: Mapping[str, Any] | None) -> "ToleranceSource":
-        return cls(tuple(sorted(flatten_override(spec).items())),
-                   tuple(sorted(flatten_override(case).items())))
-
-    def resolve(self, klass: str) -> Tolerance:
-        return DEFAULTS[klass].merged(dict(self.spec)).merged(dict(self.case))
-
-    def label(self, klass: str) -> str:
-        """e.g. 'float32 defaults + spec: kl_mean_max + case: logprob_atol'."""
-        parts = [f"{klass} defaults"]
-        if self.spec:
-            parts.append("spec: " + ", ".join(k for k, _ in self.spec))
-        if self.case:
-            parts.append("case: " + ", ".join(k for k, _ in self.case))
-        return " + ".join(parts)

@@ -27,7 +27,8 @@ from specengine.spec import AnyCase, Spec
 class Kind:
     """One row of the kind table (specengine.run.KINDS): what the commands call.
 
-    record(spec, backend, golden_dir, update, echo, allow_inconsistent) -> golden path
+    record(spec, backend, golden_dir, update, echo, allow_inconsistent, **record_options)
+        -> golden path
     check(spec, backend, golden_dir, against, cases, fail_fast, perf, localize) -> RunResult
     The optional commands are None where a kind has no such thing; the CLI then says so.
     """
@@ -38,6 +39,7 @@ class Kind:
     localize: Callable[..., dict] | None = None        # `specengine localize`
     calibrate: Callable[..., object] | None = None     # `specengine calibrate`
     record_perf: Callable[..., Path] | None = None     # `record-golden --perf`
+    record_options: frozenset[str] = frozenset()       # keyword options `record` takes
 
 
 # -- selecting cases -------------------------------------------------------------------

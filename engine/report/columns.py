@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from specengine.results import CaseResult, RunResult
-from specengine.report.model import case_metrics
+from specengine.report.limits import has_noise, headroom_cell, noise_cell
+from specengine.report.model import case_metrics, tolerance
 from specengine.report.text import fmt, fmt_ratio, is_number
 
 CAUSAL, EMBEDDING, OPS = "causal-lm", "embedding", "ops"
+CAUSAL_NOISE = "causal-lm+noise"      # a causal-lm run whose golden records the noise
 
 
 @dataclass
@@ -64,9 +66,23 @@ def _divergence(m) -> str:
 
 
 def _causal(case: CaseResult) -> list[str]:
+    """value/limit per metric (the one-pass path's, as judged), the headroom left on the
+    tightest limit of either path, and the divergence step."""
     m = case_metrics(case)
-    return [fmt(m.kl_mean, 3), fmt(m.kl_max, 3), fmt_ratio(m.top1), fmt(m.dlogprob, 3),
-            _divergence(m)]
+    tol = tolerance(case)
+    return [_over(fmt(m.kl_mean, 3), tol.get("kl_mean_max")),
+            _over(fmt(m.kl_max, 3), tol.get("kl_max")),
+            _over(fmt_ratio(m.top1), tol.get("top1_agreement_min")),
+            _over(fmt(m.dlogprob, 3), tol.get("logprob_atol")),
+            headroom_cell(case), _divergence(m)]
+
+
+def _over(value: str, limit) -> str:
+    return value if not is_number(limit) or value == "—" else f"{value}/{fmt(limit, 3)}"
+
+
+def _causal_noise(case: CaseResult) -> list[str]:
+    return _causal(case) + [noise_cell(case)]
 
 
 def _cosine(value) -> str:
@@ -85,7 +101,10 @@ def _ops(case: CaseResult) -> list[str]:
 
 
 COLUMNS = {
-    CAUSAL: (("KL mean", "KL max", "top-1", "max|Δlp|", "diverges"), (9, 9, 6, 9, 10), _causal),
+    CAUSAL: (("KL mean/lim", "KL max/lim", "top-1/lim", "max|Δlp|/lim", "headroom",
+              "diverges"), (16, 16, 11, 14, 16, 10), _causal),
+    CAUSAL_NOISE: (("KL mean/lim", "KL max/lim", "top-1/lim", "max|Δlp|/lim", "headroom",
+                    "diverges", "÷noise"), (16, 16, 11, 14, 16, 10, 8), _causal_noise),
     EMBEDDING: (("min cos", "max abs", "max rel"), (9, 9, 9), _embedding),
     OPS: (("min cos", "max abs", "err÷step"), (9, 9, 9), _ops),
 }
@@ -97,4 +116,5 @@ def columns_for_kind(kind: str) -> Columns:
 
 
 def columns_for(run: RunResult) -> Columns:
-    return columns_for_kind(run_kind(run))
+    kind = run_kind(run)
+    return columns_for_kind(CAUSAL_NOISE if kind == CAUSAL and has_noise(run) else kind)

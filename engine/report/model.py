@@ -316,6 +316,7 @@ class Cell:
     status: str
     anchor: str
     kl_max: Any = None
+    kl_max_limit: Any = None     # the limit that judged it
 
 
 @dataclass
@@ -355,7 +356,8 @@ def summary_groups(runs: list[RunResult]) -> list[SummaryGroup]:
         for col, (ri, run) in enumerate(members):
             for ci, case in enumerate(run.cases):
                 rows[order[case.id]].cells[col] = Cell(case.status, case_anchor(ri, ci),
-                                                       case_metrics(case).kl_max)
+                                                       case_metrics(case).kl_max,
+                                                       tolerance(case).get("kl_max"))
         out.append(SummaryGroup(spec, members, rows))
     return out
 

@@ -24,6 +24,7 @@ from specengine.report.charts import perf_chart, perf_mermaid, position_chart
 from specengine.report.distribution import distribution_lines, distribution_rows
 from specengine.report.layers import layer_chart, localization_line
 from specengine.report.hints import near_tie_hints
+from specengine.report.limits import class_line, limit_rows
 from specengine.report.sequence import drift_text, sequence_caption, sequence_chart
 from specengine.report.ttft import ttft_chart, ttft_line, ttft_rows
 from specengine.report.tokens import chips, decoded, divergence_texts, marked, split_marked
@@ -69,6 +70,7 @@ def environment() -> Environment:
         chips=chips, divergence_texts=divergence_texts, near_tie_hints=near_tie_hints, md_case_text=_md_case_text, decoded=decoded,
         SELF_CHECK_TEXT=model.SELF_CHECK_TEXT, version=__version__,
         distribution_rows=distribution_rows, tolerance_set=model.tolerance_set,
+        tolerance=model.tolerance, limit_rows=limit_rows, class_line=class_line,
         sequence_chart=sequence_chart, sequence_caption=sequence_caption, drift_text=drift_text,
         ttft_rows=ttft_rows, ttft_chart=ttft_chart, ttft_line=ttft_line)
     return env

@@ -15,12 +15,11 @@ from specengine.report.tokens import marked
 from specengine.report.ttft import ttft_line, ttft_rows
 from specengine.report.distribution import distribution_lines
 from specengine.report.layers import localization_line
+from specengine.report.limits import class_line
 
 _COLORS = {PASS: "32", FAIL: "31", ERROR: "35", "warn": "33", "dim": "2", "bold": "1"}
 MESSAGE_WIDTH = 200
 ID_WIDTH = 40
-HEADERS = ("case", "status", "KL mean", "KL max", "top-1", "max|Δlp|", "diverges")
-WIDTHS = (None, 7, 9, 9, 6, 9, 10)
 
 
 def _paint(text: str, key: str, color: bool) -> str:
@@ -52,8 +51,11 @@ def _run_block(run: RunResult, color: bool, quiet: bool = False,
         lines.append("  (no cases)")
     else:
         cols = columns_for(run)
-        idw = min(max(len(HEADERS[0]), *(len(one_line(c.id)) for c in run.cases)), ID_WIDTH)
-        widths = [idw, WIDTHS[1], *cols.widths]
+        idw = min(max(len("case"), *(len(one_line(c.id)) for c in run.cases)), ID_WIDTH)
+        widths = [idw, 7, *cols.widths]
+        limits = class_line(run)
+        if limits:
+            lines.append("  " + _paint(truncate(one_line(limits), MESSAGE_WIDTH), "dim", color))
         lines.append("  " + _paint(_row(["case", "status", *cols.headers], widths), "dim", color))
         for case in run.cases:
             if quiet and case.status == PASS:

@@ -9,14 +9,14 @@ torch, transformers or onnxruntime.
 This module re-exports the names callers use most.
 """
 
-from specengine.compare.tolerances import Tolerance, ToleranceSource
+from specengine.compare.limits import LimitSource, Limits
+from specengine.compare.tolerances import EmbeddingTolerance, OpTolerance, Tolerance
 from specengine.spec.load import load_spec, parse_spec, schema, validate_schema
-from specengine.spec.model import (MAX_SPEC_BYTES, OUTPUTS, AnyCase, Case, Determinism, EmbeddingCase,
-                                   EmbeddingSettings, EmbeddingTolerance, ModelSpec, OpCase,
-                                   OpTolerance, Spec)
+from specengine.spec.model import (MAX_SPEC_BYTES, OUTPUTS, AnyCase, Case, Determinism,
+                                   EmbeddingCase, EmbeddingSettings, ModelSpec, OpCase, Spec)
 from specengine.spec.paths import find_specs
 
 __all__ = ["MAX_SPEC_BYTES", "OUTPUTS", "AnyCase", "Case", "Determinism", "EmbeddingCase",
            "EmbeddingSettings", "EmbeddingTolerance", "ModelSpec", "OpCase", "OpTolerance",
-           "Spec", "Tolerance", "ToleranceSource", "find_specs", "load_spec", "parse_spec",
+           "Spec", "Tolerance", "LimitSource", "Limits", "find_specs", "load_spec", "parse_spec",
            "schema", "validate_schema"]

@@ -7,7 +7,8 @@ import hashlib
 import re
 from pathlib import Path
 
-from specengine.compare.tolerances import Tolerance, ToleranceSource
+from specengine.compare.limits import LimitSource, is_relative
+from specengine.compare.tolerances import CLASS_ORDER, DEFAULTS
 from specengine.errors import SpecError
 from specengine.spec.long_prompt import Recipe, read_text_file, sweep_lengths
 from specengine.spec.model import Case, Determinism, check_unique_id
@@ -18,18 +19,18 @@ def build_cases(located: Located, data: dict, det: Determinism, base_dir: Path
                 ) -> tuple[list[Case], None]:
     """(cases, settings) of a causal-lm spec; SpecError with file:line:col."""
     defaults = data.get("defaults", {})
-    tol = Tolerance().merged(defaults.get("tolerance"))
     cases: list[Case] = []
     seen: dict[str, int] = {}
     base_new = defaults.get("max_new_tokens", 16)
     base_k = defaults.get("top_k", 10)
     base_kwargs = defaults.get("chat_template_kwargs", {})
-    _check_tolerance(located, ("defaults",), tol, base_k)
+    spec_limits = LimitSource.of(defaults.get("tolerance"))
+    _check_tolerance(located, ("defaults",), spec_limits, base_k)
     for i, entry in enumerate(data["cases"]):
         cid = check_unique_id(located, "cases", i, seen)
-        case_tol = tol.merged(entry.get("tolerance"))
+        limits = LimitSource.of(defaults.get("tolerance"), entry.get("tolerance"))
         top_k = entry.get("top_k", base_k)
-        _check_tolerance(located, ("cases", i), case_tol, top_k)
+        _check_tolerance(located, ("cases", i), limits, top_k)
         expect = entry.get("expect", {}) or {}
         if "regex" in expect:
             try:
@@ -41,10 +42,10 @@ def build_cases(located: Located, data: dict, det: Determinism, base_dir: Path
             messages=entry.get("messages"),
             expect=expect, tags=tuple(entry.get("tags", ())),
             max_new_tokens=entry.get("max_new_tokens", base_new), top_k=top_k,
-            tolerance=case_tol, determinism=det.merged(entry.get("determinism")),
+            determinism=det.merged(entry.get("determinism")),
             chat_template_kwargs={**base_kwargs, **entry.get("chat_template_kwargs", {})},
             line=located.where(("cases", i))[0],
-            tolerance_source=ToleranceSource.of(defaults.get("tolerance"), entry.get("tolerance")),
+            limit_source=limits,
         )
         for sub_id, prompt, recipe, length in prompts_of(located, i, entry, base_dir):
             if sub_id != cid and sub_id in seen:
@@ -102,13 +103,23 @@ def prompts_of(located: Located, i: int, entry: dict, base_dir: Path) -> list[tu
 
 
 
-def _check_tolerance(located: Located, path: tuple, tol: Tolerance, top_k: int) -> None:
-    if tol.kl_mean_max > tol.kl_max:
-        raise located.error(path + ("tolerance", "kl_mean_max"),
-                            f"kl_mean_max {tol.kl_mean_max} is larger than kl_max {tol.kl_max}")
-    if tol.within_top_k > top_k:
-        raise located.error(path + ("tolerance", "divergence", "within_top_k"),
-                            f"divergence.within_top_k {tol.within_top_k} exceeds top_k {top_k} "
-                            "(the golden only keeps top_k ids per step)")
-
-
+def _check_tolerance(located: Located, path: tuple, limits: LimitSource, top_k: int) -> None:
+    """Per numeric class, what the schema cannot say: kl_mean_max not above kl_max (both
+    absolute), and the near-tie rank within the ids the golden keeps."""
+    for klass in CLASS_ORDER:
+        written = limits.written(klass)
+        if not written:
+            continue
+        values = {k: v for k, (_, v) in written.items() if not is_relative(v)}
+        tol = DEFAULTS[klass].merged(values)
+        where = path + ("tolerance", klass)
+        if not any(is_relative(written.get(k, (0, 0))[1]) for k in ("kl_mean_max", "kl_max")) \
+                and tol.kl_mean_max > tol.kl_max:
+            raise located.error(where + ("kl_mean_max",) if "kl_mean_max" in written else where,
+                                f"{klass}: kl_mean_max {tol.kl_mean_max} is larger than kl_max "
+                                f"{tol.kl_max}")
+        if tol.within_top_k > top_k:
+            raise located.error(where + ("divergence", "within_top_k") if "within_top_k" in
+                                written else where,
+                                f"{klass}: divergence.within_top_k {tol.within_top_k} exceeds "
+                                f"top_k {top_k} (the golden only keeps top_k ids per step)")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from specengine.spec.model import (Determinism, EmbeddingCase, EmbeddingSettings,
-                                   EmbeddingTolerance, check_unique_id)
+from specengine.compare.limits import LimitSource
+from specengine.spec.model import Determinism, EmbeddingCase, EmbeddingSettings, check_unique_id
 from specengine.spec.paths import expand_path
 from specengine.spec.yamlio import Located
 
@@ -15,7 +15,6 @@ def build_cases(located: Located, data: dict, determinism: Determinism, base_dir
                 ) -> tuple[list[EmbeddingCase], EmbeddingSettings]:
     """(cases, settings) of an embedding spec; SpecError with file:line:col."""
     defaults = data.get("defaults") or {}
-    tol = EmbeddingTolerance().merged(defaults.get("tolerance"))
     settings = EmbeddingSettings.from_dict(data.get("embedding"))
     cases, seen = [], {}
     for i, entry in enumerate(data["cases"]):
@@ -32,7 +31,7 @@ def build_cases(located: Located, data: dict, determinism: Determinism, base_dir
         cases.append(EmbeddingCase(
             id=cid, texts=list(entry["texts"]) if "texts" in entry else None, images=images,
             images_written=written, synthetic=synthetic, tags=tuple(entry.get("tags", ())),
-            tolerance=tol.merged(entry.get("tolerance")),
+            limit_source=LimitSource.of(defaults.get("tolerance"), entry.get("tolerance")),
             determinism=determinism.merged(entry.get("determinism")),
             line=located.where(("cases", i))[0]))
     return cases, settings

@@ -86,6 +86,12 @@ def _reject(located: Located, path: tuple, mapping, allowed: Iterable[str], kind
                                 f"allowed here: {', '.join(sorted(allowed))}", key=True)
 
 
+def _reject_limits(located: Located, path: tuple, block, kind: str) -> None:
+    """Each class block of a tolerance holds only the kind's limit keys."""
+    for klass, limits in (block.items() if isinstance(block, dict) else ()):
+        _reject(located, path + (klass,), limits, TOLERANCE_KEYS[kind], kind, "tolerance")
+
+
 _TABLES = {"tolerance": TOLERANCE_KEYS, "case": CASE_KEYS, "defaults": DEFAULTS_KEYS,
            "determinism": DETERMINISM_KEYS, "spec": TOP_LEVEL_KEYS, "perf": PERF_KEYS,
            "budget": BUDGET_KEYS}
@@ -102,8 +108,7 @@ def check_kind_keys(located: Located) -> str:
     _reject(located, (), data, TOP_LEVEL_KEYS[kind], kind, "spec")
     defaults = data.get("defaults") or {}
     _reject(located, ("defaults",), defaults, DEFAULTS_KEYS[kind], kind, "defaults")
-    _reject(located, ("defaults", "tolerance"), defaults.get("tolerance"),
-            TOLERANCE_KEYS[kind], kind, "tolerance")
+    _reject_limits(located, ("defaults", "tolerance"), defaults.get("tolerance"), kind)
     _reject(located, ("defaults", "determinism"), defaults.get("determinism"),
             DETERMINISM_KEYS[kind], kind, "determinism")
     entries = data.get("ops") if kind == OPS else data.get("cases")
@@ -113,10 +118,13 @@ def check_kind_keys(located: Located) -> str:
             continue
         if kind in CASE_KEYS:
             _reject(located, (section, i), entry, CASE_KEYS[kind], kind, "case")
-        _reject(located, (section, i, "tolerance"), entry.get("tolerance"),
-                TOLERANCE_KEYS[kind], kind, "tolerance")
+        _reject_limits(located, (section, i, "tolerance"), entry.get("tolerance"), kind)
         _reject(located, (section, i, "determinism"), entry.get("determinism"),
                 DETERMINISM_KEYS[kind], kind, "determinism")
+    backends = data.get("backends")
+    for name, entry in (backends.items() if isinstance(backends, dict) else ()):
+        if isinstance(entry, dict):
+            _reject_limits(located, ("backends", name, "tolerance"), entry.get("tolerance"), kind)
     perf = data.get("perf")
     if isinstance(perf, dict) and kind in PERF_KEYS:
         _reject(located, ("perf",), perf, PERF_KEYS[kind], kind, "perf")

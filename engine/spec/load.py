@@ -16,7 +16,7 @@ from specengine.backends.registry import BUILTINS, unknown_message
 from specengine.errors import SpecError
 from specengine.files import FileRefused, read_limited
 from specengine.spec import causal_lm, embedding, ops
-from specengine.spec.checks import check_numbers, check_runtime
+from specengine.spec.checks import check_class_blocks, check_numbers, check_runtime
 from specengine.spec.keys import CAUSAL_LM, EMBEDDING, OPS, check_kind_keys
 from specengine.spec.model import MAX_SPEC_BYTES, Determinism, ModelSpec, Spec
 from specengine.spec.paths import model_spec
@@ -62,6 +62,7 @@ def validate_schema(located: Located) -> None:
     from jsonschema.exceptions import best_match
 
     check_numbers(located)
+    check_class_blocks(located)
     validator = Draft202012Validator(schema("spec"))
     errors = list(validator.iter_errors(located.data))
     if not errors:
@@ -99,6 +100,12 @@ def schema_error(located: Located, error) -> SpecError:
         missing = [k for k in ("model", "cases") if k not in error.instance]
         return located.error(path, f"the spec: '{missing[0]}' is a required property (a model "
                                    "spec needs model and cases; an operator spec needs ops)")
+    if error.validator == "oneOf" and error.context and not isinstance(error.instance, dict):
+        # a limit is a number or {noise: K}: a bad number is told by the number's rule
+        branch = next((e for e in error.context
+                       if e.schema.get("type") in ("number", "integer")), None)
+        if branch is not None and isinstance(error.instance, (int, float)):
+            return located.error(path, f"{where}: {branch.message}")
     if error.validator == "required":
         return located.error(path, f"{where}: {error.message}")
     if error.validator == "pattern" and path and path[-1] in ("name", "id"):
@@ -127,7 +134,10 @@ def build_spec(located: Located, file: Path, base_dir: Path) -> Spec:
 
     backends: dict[str, BackendConfig] = {}
     backend_models: dict[str, ModelSpec] = {}
+    backend_tolerances: dict[str, dict] = {}
     for name, entry in (data.get("backends") or {}).items():
+        if entry.get("tolerance"):
+            backend_tolerances[name] = dict(entry["tolerance"])
         check_runtime(located, name, entry["runtime"])
         options = dict(entry.get("options") or {})
         dtype = entry.get("dtype", "float32")
@@ -152,7 +162,8 @@ def build_spec(located: Located, file: Path, base_dir: Path) -> Spec:
                 model=model, reference=reference, backends=backends,
                 backend_models=backend_models, cases=cases, perf=data.get("perf"),
                 timeout_s=defaults.get("timeout_s"), located=located, kind=kind,
-                settings=settings, distribution=data.get("distribution"))
+                settings=settings, distribution=data.get("distribution"),
+                backend_tolerances=backend_tolerances)
 
 
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Union
 
 from specengine.backends.base import BackendConfig
-from specengine.compare.tolerances import Tolerance, ToleranceSource
+from specengine.compare.limits import LimitSource, Limits
+from specengine.compare.tolerances import DEFAULTS, EMBEDDING_DEFAULTS, OP_DEFAULTS
 from specengine.spec.long_prompt import Recipe
 from specengine.spec.ops_catalog import OPS
 from specengine.spec.yamlio import Located
@@ -34,6 +35,23 @@ class Determinism:
         values.update(override)
         values["batch_sizes"] = tuple(values["batch_sizes"])
         return Determinism(**values)
+
+
+class Limited:
+    """A case judged by class-keyed limits: `limit_source` holds what the spec and the
+    case write per numeric class; `limits(klass)` resolves them over the kind's class
+    defaults (`DEFAULTS_BY_CLASS`), with a backend's own blocks and the reference's
+    measured noise where given."""
+
+    DEFAULTS_BY_CLASS: dict = DEFAULTS
+    limit_source: LimitSource
+
+    def limits(self, klass: str, noise: dict | None = None,
+               backend: tuple[str, dict] | None = None, absolute_only: bool = False) -> Limits:
+        source = self.limit_source
+        if backend is not None:
+            source = source.with_layer(f"backend '{backend[0]}'", backend[1], before_last=True)
+        return source.resolve(klass, self.DEFAULTS_BY_CLASS[klass], noise, absolute_only)
 
 
 @dataclass
@@ -66,7 +84,7 @@ class ModelSpec:
 # -- causal-lm ----------------------------------------------------------------------------
 
 @dataclass
-class Case:
+class Case(Limited):
     id: str
     prompt: str | None
     messages: list[dict] | None
@@ -74,19 +92,13 @@ class Case:
     tags: tuple[str, ...]
     max_new_tokens: int
     top_k: int
-    tolerance: Tolerance
     determinism: Determinism
     chat_template_kwargs: dict
     line: int = 0
-    # the spec's and the case's own tolerance values, applied over the defaults of the
-    # comparison's numeric class (`tolerance` above is them over the half-precision set)
-    tolerance_source: ToleranceSource = ToleranceSource()
+    # the spec's and the case's own class-keyed limits (compare.limits)
+    limit_source: LimitSource = LimitSource()
     recipe: Recipe | None = None                # a long prompt made by recipe (long_prompt)
     sweep_of: str | None = None       # the spec entry a length-sweep sub-case came from
-
-    def tolerance_for(self, klass: str) -> Tolerance:
-        """The tolerance this case is judged by when the comparison's class is `klass`."""
-        return self.tolerance_source.resolve(klass)
 
     def settings(self) -> dict:
         """What generation depends on (part of the golden's staleness hash)."""
@@ -99,22 +111,6 @@ class Case:
 
 
 # -- embedding ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class EmbeddingTolerance:
-    cosine_min: float = 0.999
-    hidden_cosine_min: float = 0.99
-    max_abs_err: float | None = None
-    max_rel_err: float | None = None
-    rel_share_1e3_min: float | None = None
-    rel_share_5e3_min: float | None = None
-
-    def merged(self, override: dict | None) -> "EmbeddingTolerance":
-        return replace(self, **override) if override else self
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
 
 @dataclass(frozen=True)
 class EmbeddingSettings:
@@ -138,16 +134,17 @@ class EmbeddingSettings:
 
 
 @dataclass
-class EmbeddingCase:
+class EmbeddingCase(Limited):
+    DEFAULTS_BY_CLASS = EMBEDDING_DEFAULTS
     id: str
     texts: list[str] | None
     images: list[str] | None              # expanded paths
     images_written: list[str] | None      # as written in the spec
     synthetic: dict | None                # {count, seed}
     tags: tuple[str, ...]
-    tolerance: EmbeddingTolerance
     determinism: Determinism
     line: int = 0
+    limit_source: LimitSource = LimitSource()
 
     def describe(self) -> str:
         if self.texts is not None:
@@ -160,25 +157,9 @@ class EmbeddingCase:
 
 # -- ops -----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class OpTolerance:
-    cosine_min: float = 0.999
-    max_abs_err: float | None = None
-    max_rel_err: float | None = None
-    rel_share_1e3_min: float | None = None
-    rel_share_5e3_min: float | None = None
-    dtype_error_ratio_max: float = 64.0
-    routing_mismatch_max: int = 0
-
-    def merged(self, override: dict | None) -> "OpTolerance":
-        return replace(self, **override) if override else self
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
 @dataclass
-class OpCase:
+class OpCase(Limited):
+    DEFAULTS_BY_CLASS = OP_DEFAULTS
     id: str
     op: str
     dims: dict
@@ -186,10 +167,10 @@ class OpCase:
     dtype: str | None
     seed: int
     tags: tuple[str, ...]
-    tolerance: OpTolerance
     determinism: Determinism
     description: str = ""
     line: int = 0
+    limit_source: LimitSource = LimitSource()
 
     def settings(self) -> dict:
         return {"op": self.op, "dims": self.dims, "params": self.params, "dtype": self.dtype,
@@ -224,6 +205,15 @@ class Spec:
     kind: str = "causal-lm"           # causal-lm | embedding | ops (spec.keys)
     settings: KindSettings = None     # kind-specific: EmbeddingSettings, ops defaults
     distribution: dict | None = None  # causal-lm: whole-spec distribution limits
+    # class-keyed limits a backend writes for comparisons with it as the candidate
+    backend_tolerances: dict[str, dict] = field(default_factory=dict)
+
+    def limits(self, case: AnyCase, klass: str, backend: str | None = None,
+               noise: dict | None = None, absolute_only: bool = False) -> Limits:
+        """The limits `case` is judged by in a `klass` comparison with `backend` as the
+        candidate (its own tolerance blocks apply), given the reference's noise."""
+        blocks = self.backend_tolerances.get(backend) if backend else None
+        return case.limits(klass, noise, (backend, blocks) if blocks else None, absolute_only)
 
     def case(self, case_id: str) -> Case:
         for case in self.cases:

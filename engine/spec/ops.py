@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from specengine.spec.model import Determinism, OpCase, OpTolerance, check_unique_id
+from specengine.compare.limits import LimitSource
+from specengine.spec.model import Determinism, OpCase, check_unique_id
 from specengine.spec.ops_catalog import OPS, resolve_dims, resolve_params
 from specengine.spec.yamlio import Located
 
@@ -14,7 +15,6 @@ def build_cases(located: Located, data: dict, determinism: Determinism, base_dir
                 ) -> tuple[list[OpCase], dict]:
     """(cases, settings) of an ops spec; SpecError with file:line:col."""
     defaults = data.get("defaults") or {}
-    tol = OpTolerance().merged(defaults.get("tolerance"))
     seed = int(defaults.get("seed", 0))
     cases, seen = [], {}
     for i, entry in enumerate(data["ops"]):
@@ -29,7 +29,7 @@ def build_cases(located: Located, data: dict, determinism: Determinism, base_dir
         cases.append(OpCase(
             id=cid, op=op.name, dims=dims, params=params, dtype=entry.get("dtype"),
             seed=int(entry.get("seed", seed)), tags=tuple(entry.get("tags", ())),
-            tolerance=tol.merged(entry.get("tolerance")),
+            limit_source=LimitSource.of(defaults.get("tolerance"), entry.get("tolerance")),
             determinism=determinism.merged(entry.get("determinism")),
             description=entry.get("description", ""), line=located.where(("ops", i))[0]))
     return cases, {"seed": seed}

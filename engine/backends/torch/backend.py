@@ -7,12 +7,14 @@ scoring is one forward pass over prompt + target.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
 from specengine.errors import BackendCrashed, BackendUnavailable, brief
+from specengine.files import cache_dir
 
 from specengine.backends.base import Backend, BackendConfig, Embedded, Generation, Scores
 from specengine.backends.torch.device import TorchDevice
@@ -24,6 +26,9 @@ class TorchBackend(Backend):
 
     def __init__(self, config: BackendConfig):
         super().__init__(config)
+        # torch's deterministic switch imports its compiler stack, which makes a cache
+        # folder: keep it in specengine's cache, not in the user's temp folder
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torchinductor"))
         try:
             import torch
         except ImportError:
@@ -35,6 +40,7 @@ class TorchBackend(Backend):
         self.load_s = 0.0
         self.settings: dict[str, Any] = {}
         self.modeling: dict[str, Any] = {}
+        self._threads_before: int | None = None
         self.prepare_device()
 
     # -- device hooks: one path for every device family (TorchDevice); the NPU layer
@@ -64,6 +70,7 @@ class TorchBackend(Backend):
 
     # -- interface ------------------------------------------------------------------
     def load(self, source) -> None:
+        self._set_threads(self.config.options.get("threads"))
         start = time.perf_counter()
         try:
             self.model = load_torch_model(source, self.config.dtype, self.config.device)
@@ -307,6 +314,17 @@ class TorchBackend(Backend):
     def close(self) -> None:
         self.model = None
         self.device_layer.empty_cache()
+        if self._threads_before is not None:     # the process's own setting back
+            self.torch.set_num_threads(self._threads_before)
+            self._threads_before = None
+
+    def _set_threads(self, threads) -> None:
+        """options.threads: the intra-op thread count while this backend is open (another
+        reduction split, e.g. for the reference's float32 noise run)."""
+        if threads:
+            self._threads_before = self.torch.get_num_threads()
+            self.torch.set_num_threads(int(threads))
+            self.settings["threads"] = int(threads)
 
 
 def _topk_tail(torch, lp, k: int):

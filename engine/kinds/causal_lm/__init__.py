@@ -16,4 +16,5 @@ from specengine.kinds.causal_lm.record import record_golden
 
 KIND = Kind(name="causal-lm", record=record_golden, check=check_spec,
             localize=_localize.cli_main, calibrate=_calibrate.cli_main,
-            record_perf=record_perf_golden)
+            record_perf=record_perf_golden,
+            record_options=frozenset({"noise", "allow_failing"}))

@@ -4,7 +4,10 @@ For each size in `determinism.batch_sizes` larger than 1, the case runs in row 0
 batch whose other rows are the spec's other cases, in spec order, cycling (the case
 itself is repeated only when the spec has no other case). Prompts of different lengths
 are left-padded by the backend, so the check covers padding, attention masks and the
-different kernel shapes a batch brings. The case's greedy tokens must be identical to
+different kernel shapes a batch brings. A case that would be the longest in its batch
+is never padded, and a padding-mask bug would stay invisible on it: then the last row is
+a filler longer than the case (the other prompts' tokens, cycled), so every case runs
+left-padded in every batch. The case's greedy tokens must be identical to
 its run alone, and its per-step top-k log-probs within `determinism.batch_atol`.
 
 The judging (`compare_in_batch`, `judge`) is pure; `batch_invariance_check` drives a
@@ -54,6 +57,17 @@ def companions(case_ids: Sequence[str], index: int, size: int) -> list[int]:
     return [others[j % len(others)] for j in range(size - 1)]
 
 
+FILLER_EXTRA = 8      # a filler is this many tokens longer than the case it pads
+
+
+def filler(case_ids: Sequence[int], others: Sequence[Sequence[int]]) -> list[int]:
+    """A prompt longer than `case_ids`, made of the other prompts' tokens (cycled; the
+    case's own when there are none), so the case is left-padded beside it (pure)."""
+    pool = [t for ids in others for t in ids] or list(case_ids) or [0]
+    want = len(case_ids) + FILLER_EXTRA
+    return [pool[i % len(pool)] for i in range(want)]
+
+
 def compare_in_batch(alone_ids: Sequence[int], alone_lp: np.ndarray,
                      batched_ids: Sequence[int], batched_lp: np.ndarray, atol: float,
                      batch_size: int, companion_ids: Sequence[str] = ()) -> BatchDiff:
@@ -83,6 +97,18 @@ def judge(diffs: list[BatchDiff], atol: float) -> BatchInvariance:
     return BatchInvariance(all(d.passed for d in diffs), atol, diffs)
 
 
+def attention_named(settings: dict, modeling: dict) -> dict:
+    """The settings in force, with the attention implementation the model really ran:
+    where the model folder's own code ran, the library's `attn_implementation` setting
+    only says what the library would have dispatched to (pure)."""
+    if modeling.get("folder_code_ran"):
+        module = modeling.get("module") or "the folder's modeling code"
+        configured = settings.pop("attn_implementation", "")
+        settings["attention"] = (f"the port's own code ({module})"
+                                 + (f"; library setting {configured}" if configured else ""))
+    return settings
+
+
 def describe(result: BatchInvariance, settings: dict, token_text=None) -> str:
     """One line for reports: the first failing batch and step, or the worst pass."""
     shown = token_text or (lambda i: f"id {i}")
@@ -94,7 +120,7 @@ def describe(result: BatchInvariance, settings: dict, token_text=None) -> str:
         worst = max((d.max_abs_dlogprob for d in result.diffs), default=0.0)
         return (f"identical tokens alone and at batch {sizes}; max |Δ logprob| {worst:.3g} "
                 f"≤ atol {result.atol:g} (deterministic settings: {in_force})")
-    where = f"batch {bad.batch_size} (row 0, with {', '.join(bad.companions)})"
+    where = f"batch {bad.batch_size} (row 0, left-padded, with {', '.join(bad.companions)})"
     if not bad.identical_tokens:
         a = "end" if bad.alone_token is None else shown(bad.alone_token)
         b = "end" if bad.batched_token is None else shown(bad.batched_token)
@@ -119,13 +145,18 @@ def batch_invariance_check(session, case, prompt_ids: Sequence[int], alone) -> C
     diffs = []
     for size in sorted({b for b in det.batch_sizes if b > 1}):
         rows = companions(ids, index, size)
-        prompts = [list(prompt_ids)] + [session.prompt_ids(cases[i]) for i in rows]
+        others = [session.prompt_ids(cases[i]) for i in rows]
+        names = [ids[i] for i in rows]
+        if max(map(len, others)) <= len(prompt_ids):     # the case would not be padded
+            others[-1] = filler(prompt_ids, others)
+            names[-1] = f"a {len(others[-1])}-token filler"
+        prompts = [list(prompt_ids)] + others
         batched = backend.generate(prompts, case.max_new_tokens, case.top_k, tok.stop_ids)[0]
         diffs.append(compare_in_batch(alone.output_ids, alone.topk_logprobs, batched.output_ids,
-                                      batched.topk_logprobs, det.batch_atol, size,
-                                      [ids[i] for i in rows]))
+                                      batched.topk_logprobs, det.batch_atol, size, names))
     result = judge(diffs, det.batch_atol)
-    settings = dict(backend.environment().get("settings", {}))
+    env = backend.environment()
+    settings = attention_named(dict(env.get("settings", {})), env.get("modeling") or {})
 
     def token_text(i: int) -> str:
         return f"{tok.token_strings([i])[0]!r} (id {i})"

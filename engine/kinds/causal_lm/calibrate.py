@@ -22,7 +22,6 @@ Nothing here imports torch; `measure` runs the check (kinds.causal_lm.check), wh
 from __future__ import annotations
 
 import math
-import os
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,13 +29,14 @@ from typing import Any, Sequence
 
 from specengine.results import RunResult
 from specengine.spec import Spec, Tolerance
-from specengine.compare.tolerances import DEFAULTS
+from specengine.compare.limits import LimitSource
+from specengine.compare.tolerances import CLASS_ORDER, DEFAULTS, FLOAT32
 from specengine.errors import UsageError
 from specengine.files import atomic_write_text
+from specengine.spec.migrate import write_spec_text
 from specengine.golden.store import default_golden_dir
 from specengine.kinds.base import select_cases
 from specengine.kinds.causal_lm.check import check_spec
-from specengine.spec import parse_spec
 
 HEADROOM = 2.0
 # metric in the check -> (tolerance key, floor)
@@ -98,6 +98,7 @@ class Calibration:
     samples: list[CaseSample]
     stats: list[MetricStats]
     proposals: list[Proposal]
+    klass: str = FLOAT32              # the numeric class measured: the only block written
     notes: list[str] = field(default_factory=list)
 
     def proposed_tolerance(self) -> dict[str, Any]:
@@ -235,12 +236,18 @@ def measure(spec: Spec, backend: str, against: str | None, golden_dir: Path | No
     run = check_spec(spec, backend, golden_dir, against, cases)
     samples = samples_of(run)
 
-    base = DEFAULTS.get(run.tolerance_class, Tolerance()).merged(
-        (spec.located.data.get("defaults") or {}).get("tolerance"))
+    klass = run.tolerance_class or FLOAT32
+    spec_blocks = LimitSource.of((spec.located.data.get("defaults") or {}).get("tolerance"))
+    base = spec_blocks.resolve(klass, DEFAULTS[klass], absolute_only=True).values
+    relative = spec_blocks.relative_keys(klass)
+    proposals = [p for p in propose(samples, base, headroom) if p.key not in relative]
     cal = Calibration(spec_name=spec.name, spec_path=str(spec.path), candidate=run.candidate.backend,
                       reference=run.reference.backend, reference_kind=run.reference_kind,
                       headroom=headroom, samples=samples, stats=stats_of(samples),
-                      proposals=propose(samples, base, headroom))
+                      proposals=proposals, klass=klass)
+    if relative:
+        cal.notes.append(f"{', '.join(relative)}: relative to the reference's {klass} noise in "
+                         "the spec, kept as written (not proposed)")
     if run.comparison == "self-check":
         cal.notes.append("self-check: both sides run the same runtime, device and dtype, so "
                          "this measures repeatability, not cross-backend noise")
@@ -262,11 +269,12 @@ def measure(spec: Spec, backend: str, against: str | None, golden_dir: Path | No
 
 # -- writing ---------------------------------------------------------------------------
 
-def write_tolerances(path: Path, tolerance: dict[str, Any]) -> str:
-    """Put `tolerance` into the spec's defaults.tolerance with ruamel.yaml's round-trip
-    mode (comments, key order, flow style and quoting kept), write atomically, and
-    validate the result with the safe loader; on a validation error the file is left
-    as it was. Returns the new text."""
+def write_tolerances(path: Path, tolerance: dict[str, Any], klass: str) -> str:
+    """Put `tolerance` into the spec's defaults.tolerance.<klass> (the class measured; no
+    other class's block is touched) with ruamel.yaml's round-trip mode (comments, key
+    order, flow style and quoting kept), write atomically, and validate the result with
+    the safe loader; on a validation error the file is left as it was. Returns the new
+    text."""
     import io
 
     from ruamel.yaml import YAML
@@ -284,10 +292,14 @@ def write_tolerances(path: Path, tolerance: dict[str, Any]) -> str:
     if defaults is None:
         defaults = CommentedMap()
         doc["defaults"] = defaults
-    tol = defaults.get("tolerance")
+    classes = defaults.get("tolerance")
+    if classes is None:
+        classes = CommentedMap()
+        defaults["tolerance"] = classes
+    tol = classes.get(klass)
     if tol is None:
         tol = CommentedMap()
-        defaults["tolerance"] = tol
+        classes[klass] = tol
     for key, value in tolerance.items():
         if key == "divergence":
             div = tol.get("divergence")
@@ -302,10 +314,7 @@ def write_tolerances(path: Path, tolerance: dict[str, Any]) -> str:
     buf = io.StringIO()
     yaml.dump(doc, buf)
     text = buf.getvalue()
-    parse_spec(text, str(path), base_dir=path.parent)   # SpecError (exit 2) if invalid
-    mode = path.stat().st_mode & 0o7777
-    atomic_write_text(path, text)
-    os.chmod(path, mode)                                # keep the spec's permissions
+    write_spec_text(path, text)      # validated first (SpecError, file untouched); atomic
     return text
 
 
@@ -328,7 +337,7 @@ def _sequence_offset(text: str) -> int:
 def render(cal: Calibration) -> str:
     """Terminal text: per-case metrics, distribution, proposals."""
     lines = [f"calibrate {cal.spec_name}: {cal.candidate} vs {cal.reference} "
-             f"({cal.reference_kind}), headroom × {cal.headroom:g}", "",
+             f"({cal.reference_kind}), {cal.klass} class, headroom × {cal.headroom:g}", "",
              f"  {'case':<18}{'KL mean':>10}{'KL max':>10}{'top-1':>8}{'max|Δlp|':>10}"
              f"{'max|Δp|':>9}  divergence"]
     for s in cal.samples:
@@ -372,6 +381,9 @@ def cli_main(args: Any, load_specs: Any) -> int:
                                                 ensure_ascii=False) + "\n")
         print(f"json: {args.json}")
     if args.write:
-        write_tolerances(Path(spec.path), cal.proposed_tolerance())
-        print(f"wrote the proposed tolerances into {spec.path} (defaults.tolerance)")
+        write_tolerances(Path(spec.path), cal.proposed_tolerance(), cal.klass)
+        others = [c for c in CLASS_ORDER if c != cal.klass]
+        print(f"wrote the proposed {cal.klass} limits into {spec.path} "
+              f"(defaults.tolerance.{cal.klass}; the {' and '.join(others)} blocks are "
+              "untouched: this measurement says nothing about them)")
     return 0

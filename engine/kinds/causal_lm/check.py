@@ -14,41 +14,50 @@ from specengine.backends.base import ScoringUnavailable
 from specengine.backends.registry import config_for
 from specengine.compare import tokens as compare
 from specengine.compare.tolerances import coarser, dtype_class
-from specengine.errors import GoldenError, SpecEngineError
+from specengine.errors import SpecEngineError
 from specengine.golden.store import golden_path
 from specengine.kinds.base import check_cases, described, finish_run, new_run, run_checks
 from specengine.kinds.causal_lm import paths
 from specengine.kinds.causal_lm.batch import batch_invariance_check
-from specengine.kinds.causal_lm.golden import LmGolden, case_hash, load_golden
-from specengine.kinds.causal_lm.layers import localize_failed_case
+from specengine.kinds.causal_lm.expect import expectation_checks
+from specengine.kinds.causal_lm.golden import LmGolden, check_staleness, load_golden
+from specengine.kinds.causal_lm.limits import CaseLimits, case_limits, check_noise_records
+from specengine.kinds.causal_lm.layers import localize_failed_case, localization_summary
 from specengine.kinds.causal_lm.greedy import greedy_check, greedy_note
 from specengine.kinds.causal_lm.paths import side_class
 from specengine.kinds.causal_lm.perf_gate import check_perf
 from specengine.kinds.causal_lm.record import bind_chats, check_length, live_reference
 from specengine.kinds.causal_lm.sweep import sweep_notes
-from specengine.loading.session import (Session, open_session, prompt_ids_for, reference_source,
-                                        tokenizer_for)
+from specengine.loading.session import Session, open_session, reference_source
 from specengine.results import ERROR, FAIL, NOT_RUN, PASS, CaseResult, Check, RunResult, Side, TopKRow
 from specengine.spec import Case, Spec
-from specengine.spec.long_prompt import ids_sha256
 
 
 def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
                against: str | None = None, cases: list[Case] | None = None,
-               fail_fast: bool = False, perf: bool = False, localize: bool = False) -> RunResult:
+               fail_fast: bool = False, perf: bool = False, localize: bool | str = False
+               ) -> RunResult:
     """Check a candidate backend against the golden (or a live reference backend).
 
     With `localize`, each failing case is localized (kinds.causal_lm.localize): per-layer errors
-    against the live reference's hidden states, or against the golden's layer sketch.
+    against the live reference's hidden states, or against the golden's layer sketch; with
+    localize="all" every case is, and a passing case with a flagged layer gets a warning
+    note (a departure the limits did not catch).
 
     With `perf`, the candidate is then measured (kinds.causal_lm.perf) in the same session and
     judged against the spec's budgets and its perf golden; the result is `run.perf`.
     """
     started = time.perf_counter()
     cases = list(spec.cases if cases is None else cases)
-    cand_name = config_for(backend_name, spec.backends).name
+    cand_config = config_for(backend_name, spec.backends)
+    cand_name = cand_config.name
+    cand_class = dtype_class(cand_config.dtype, cand_config.quantization)
     if against:
         ref_name = config_for(against, spec.backends).name
+        ref_config = config_for(against, spec.backends)
+        check_noise_records(spec, cases, {}, coarser(cand_class, dtype_class(
+            ref_config.dtype, ref_config.quantization)), cand_class, cand_name,
+            f"the live reference '{ref_name}' (check --against)")
         ref_states: dict = {}
         ref_checks: dict = {}
         golden, ref_side = live_reference(spec, ref_name, cases,
@@ -60,6 +69,8 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
         golden = load_golden(golden_path(golden_dir, spec.name, ref_name), spec.name)
         check_staleness(spec, golden, ref_name, cases, resolved)
         ref_side, ref_kind = Side.from_golden(golden.data), "golden"
+        check_noise_records(spec, cases, golden.cases, coarser(cand_class, side_class(ref_side)),
+                            cand_class, cand_name, f"golden {golden.path}")
     session = open_session(spec, cand_name)
     bind_chats(session)
     try:
@@ -72,23 +83,34 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
             run.notes.append(f"candidate '{cand_name}' gives no log-probs, so the checks that need "
                              f"them are not run: {paths.unsupported(session.backend, 'scoring')}")
 
+        own_class = side_class(cand_side)
+
         def check_one(case: Case) -> CaseResult:
-            result = check_case(session, case, golden, klass)
+            limits = case_limits(spec, case, klass, own_class, cand_name,
+                                 golden.cases.get(case.id), str(golden.path))
+            result = check_case(session, case, golden, limits)
             if against:
                 paths.reference_consistency_check(result, ref_checks.get(case.id), ref_side,
-                                                  case)
+                                                  spec.limits(case, side_class(ref_side)))
             return result
 
         def after(case: Case, result: CaseResult) -> None:
-            if localize and result.status == FAIL and paths.decode_only_failure(result):
+            wanted = localize == "all" or (localize and result.status == FAIL)
+            if wanted and result.status == FAIL and paths.decode_only_failure(result):
                 paths.localize_decode(session, result, golden.cases[case.id])
-            elif localize and result.status == FAIL:
+            elif wanted and result.status in (FAIL, PASS):
                 localize_failed_case(session, result, golden.cases[case.id], ref_side.backend,
                                      ref_side.dtype, ref_states.get(case.id) if against else None,
                                      live=bool(against))
+            flagged = (result.localization or {}).get("first_flagged_name")
+            if result.status == PASS and flagged:
+                run.notes.append(f"warning: case '{case.id}' passes its limits, but localize "
+                                 f"flags {flagged}: {localization_summary(result.localization)}")
 
         check_cases(run, spec, cand_name, cases, check_one, fail_fast, after)
-        run.notes += sweep_notes(cases, run.cases, {c.id: c.tolerance_for(klass) for c in cases})
+        run.notes += sweep_notes(cases, run.cases, {c.id: spec.limits(c, klass, cand_name).values
+                                                    for c in cases if not c.limit_source
+                                                    .relative_keys(klass)})
         note = greedy_note(cand_name, run.cases)
         if note:
             run.notes.append(note)
@@ -112,39 +134,10 @@ def _measure_perf(session: Session, spec: Spec, golden_dir: Path | None) -> dict
             f"perf measurement failed: {described(exc)}"]}
 
 
-def check_staleness(spec: Spec, golden: LmGolden, ref_name: str, cases: list[Case],
-                     resolved=None) -> None:
-    resolved = resolved or reference_source(spec, ref_name)
-    if resolved.fingerprint != golden.data["model"]["fingerprint"]:
-        raise GoldenError(f"golden {golden.path} was recorded from another model "
-                          f"({golden.data['model']['fingerprint'][:23]}…, now "
-                          f"{resolved.fingerprint[:23]}…); re-record it with --update")
-    tokenizer = tokenizer_for(spec)
-    for case in cases:
-        if case.id not in golden.cases:
-            raise GoldenError(f"case '{case.id}' ({spec.path}:{case.line}) has no golden in "
-                              f"{golden.path}; re-record with --update")
-        ids = prompt_ids_for(tokenizer, case)
-        record = golden.cases[case.id]
-        if "prompt_ids" not in record:      # a long prompt stored by recipe + hash
-            if record.get("prompt_ids_sha256") != ids_sha256(ids):
-                raise GoldenError(f"golden for case '{case.id}' ({spec.path}:{case.line}) is "
-                                  "stale: its long prompt's recipe no longer reproduces the "
-                                  "recorded prompt ids (sha256 differs); re-record with "
-                                  "`specengine record-golden --update`")
-            record["prompt_ids"] = ids      # in memory only: the golden file keeps the hash
-        if case_hash(ids, case.settings(), resolved.fingerprint) != record["hash"]:
-            raise GoldenError(f"golden for case '{case.id}' ({spec.path}:{case.line}) is stale: "
-                              "its prompt or generation settings changed since it was recorded; "
-                              "re-record with `specengine record-golden --update`")
-
-
-def check_case(session: Session, case: Case, golden: LmGolden, klass: str | None = None
+def check_case(session: Session, case: Case, golden: LmGolden, limits: CaseLimits
                ) -> CaseResult:
-    """All checks of one case; an exception becomes an `error` case, not a lost run.
-
-    `klass` is the comparison's numeric class (the coarser side's), which picks the
-    default tolerance set the spec's and case's own values are applied over."""
+    """All checks of one case, judged by `limits` (the comparison's class, resolved for
+    this case and candidate); an exception becomes an `error` case, not a lost run."""
     record = golden.cases[case.id]
     result = CaseResult(id=case.id, status=PASS, line=case.line, tags=list(case.tags),
                         prompt=record["prompt"], golden_text=record["output_text"],
@@ -153,17 +146,14 @@ def check_case(session: Session, case: Case, golden: LmGolden, klass: str | None
     result.prompt_length = len(record.get("prompt_ids") or []) or int(record.get("prompt_length", 0))
     result.golden_tokens = tok.token_strings(record["output_ids"])
     result.golden_token_bytes = [None if b is None else b.hex() for b in tok.token_bytes(record["output_ids"])]
-    return run_checks(result, lambda: _run_checks(
-        session, case, golden, record, result,
-        klass or dtype_class(session.config.dtype, session.config.quantization)),
-        session.spec.timeout_s)
+    return run_checks(result, lambda: _run_checks(session, case, golden, record, result, limits),
+                      session.spec.timeout_s)
 
 
 def _run_checks(session: Session, case: Case, golden: LmGolden, record: dict,
-                result: CaseResult, klass: str) -> None:
+                result: CaseResult, limits: CaseLimits) -> None:
     backend, tok = session.backend, session.tokenizer
-    tol = case.tolerance_for(klass)
-    tolerance_set = case.tolerance_source.label(klass)
+    tol = limits.prefill.values
     prompt_ids = list(record["prompt_ids"])
     check_length(session, case, prompt_ids)
     g_ids, g_lp, g_tail = golden.arrays(case.id)
@@ -184,19 +174,17 @@ def _run_checks(session: Session, case: Case, golden: LmGolden, record: dict,
     # 1. expectations and the free-running comparison
     first_lp = (float(gen.topk_logprobs[0][0]) if len(gen.output_ids) and gen.has_logprobs
                 and len(gen.topk_logprobs) else None)
-    for exp in compare.expectations(case.expect, result.candidate_text, gen.output_ids, first_lp):
-        if exp.name == "min_prob" and first_lp is None and len(gen.output_ids):
-            result.checks.append(Check("expect.min_prob", NOT_RUN,
-                                       f"needs log-probs: {paths.unsupported(backend, 'logprobs')}"))
-            continue
-        result.checks.append(Check(f"expect.{exp.name}", PASS if exp.passed else FAIL, exp.detail))
+    result.checks += expectation_checks(case, result.candidate_text, gen.output_ids, first_lp,
+                                        record.get("reference_fails") or [],
+                                        paths.unsupported(backend, "logprobs"))
     div = compare.first_divergence(record["output_ids"], gen.output_ids, g_ids, g_lp, tol)
     result.divergence_step = div.step
     result.checks.append(Check(
         "divergence", PASS if div.passed else FAIL,
         div.reason or "identical greedy tokens",
         {"step": div.step, "rank_in_golden": div.rank_in_golden, "margin": div.margin,
-         "golden_id": div.golden_id, "candidate_id": div.candidate_id}))
+         "golden_id": div.golden_id, "candidate_id": div.candidate_id,
+         "within_top_k": tol.within_top_k, "max_margin": tol.max_margin}))
 
     # 2. teacher-forced on the golden's sequence
     scores, unscored = None, None
@@ -211,14 +199,14 @@ def _run_checks(session: Session, case: Case, golden: LmGolden, record: dict,
     elif len(record["output_ids"]):
         tf = compare.teacher_forced(g_ids, g_lp, g_tail, scores.gathered_logprobs,
                                     scores.gathered_tail, scores.top_ids[:, 0], tol)
+        metrics = {"kl_mean": tf.kl_mean, "kl_max": tf.kl_max, "top1_agreement": tf.top1_agreement,
+                   "top1_agreement_all": tf.top1_agreement_all, "near_ties": tf.near_ties,
+                   "max_abs_dlogprob": tf.max_abs_dlogprob, "max_abs_dp": tf.max_abs_dp,
+                   "positions": len(tf.kl)}
+        metrics.update(limits.metrics("prefill", metrics))
         result.checks.append(Check(
             "teacher-forced", PASS if tf.passed else FAIL,
-            ("; ".join(tf.failures) or "within tolerance") + (f" ({scores.note})" if scores.note else ""),
-            {"kl_mean": tf.kl_mean, "kl_max": tf.kl_max, "top1_agreement": tf.top1_agreement,
-             "top1_agreement_all": tf.top1_agreement_all, "near_ties": tf.near_ties,
-             "max_abs_dlogprob": tf.max_abs_dlogprob, "max_abs_dp": tf.max_abs_dp,
-             "positions": len(tf.kl), "tolerance": tol.as_dict(),
-             "tolerance_set": tolerance_set}))
+            tf.verdict() + (f" ({scores.note})" if scores.note else ""), metrics))
         result.per_position = {"kl": tf.kl, "abs_dlogprob": tf.abs_dlogprob, "dp": tf.dp,
                                "same_top1": [float(x) for x in tf.same_top1]}
         result.worst_position = tf.worst_position
@@ -228,12 +216,12 @@ def _run_checks(session: Session, case: Case, golden: LmGolden, record: dict,
         scores = None
         result.checks.append(Check("teacher-forced", NOT_RUN, "the golden has no generated tokens"))
 
-    paths.prompt_check(session, case, record, result, tol, tolerance_set)
+    paths.prompt_check(session, case, record, result, limits.prefill)
 
     # 3. decode path (KV cache) against the golden, and against the one-pass path
     if len(record["output_ids"]):
-        paths.decode_checks(session, case, record, gen, div.step, scores, result, klass,
-                       tol, tolerance_set, (g_ids, g_lp, g_tail))
+        paths.decode_checks(session, case, record, gen, div.step, scores, result, limits,
+                            (g_ids, g_lp, g_tail))
 
     # 4. determinism: repeats of the same case
     if case.determinism.runs > 1:

@@ -24,7 +24,9 @@ import numpy as np
 from specengine.compare import tokens as compare
 from specengine.compare.tokens import Consistency, TeacherForced
 from specengine.results import FAIL, NOT_RUN, PASS, Check
+from specengine.compare.limits import Limits
 from specengine.compare.tolerances import Tolerance
+from specengine.kinds.causal_lm.limits import CaseLimits
 
 
 @dataclass
@@ -106,13 +108,14 @@ def decode_rows(backend, prompt_ids: list[int], golden_out: list[int], g_ids: np
 
 
 def decode_check(rows: DecodeRows, g_ids: np.ndarray, g_lp: np.ndarray, g_tail: np.ndarray,
-                 tol: Tolerance, tolerance_set: str) -> tuple[Check, TeacherForced | None]:
-    """The `decode` check of a case: the golden's metrics on the decode-path rows."""
+                 limits: CaseLimits) -> tuple[Check, TeacherForced | None]:
+    """The `decode` check of a case: the golden's metrics on the decode-path rows, judged
+    by the decode path's limits."""
     if rows.covered == 0:
         return Check("decode", NOT_RUN, f"needs decode-path log-probs: {rows.note}"), None
     n = rows.covered
     tf = compare.teacher_forced(g_ids[:n], g_lp[:n], g_tail[:n], rows.lp, rows.tail, rows.top1,
-                                tol)
+                                limits.decode.values)
     if rows.forced_from is None:
         how = "its own free-running steps"
     elif rows.forced_from == 0:
@@ -120,27 +123,26 @@ def decode_check(rows: DecodeRows, g_ids: np.ndarray, g_lp: np.ndarray, g_tail: 
     else:
         how = (f"its own steps 0…{rows.forced_from - 1}, then the golden's tokens fed through "
                f"its KV cache from step {rows.forced_from}")
-    message = ("; ".join(tf.failures) or "within tolerance") + f" ({how}"
+    message = tf.verdict() + f" ({how}"
     message += f"; {rows.note})" if rows.note else ")"
     metrics = {"kl_mean": tf.kl_mean, "kl_max": tf.kl_max, "top1_agreement": tf.top1_agreement,
                "top1_agreement_all": tf.top1_agreement_all, "near_ties": tf.near_ties,
                "max_abs_dlogprob": tf.max_abs_dlogprob, "max_abs_dp": tf.max_abs_dp,
                "positions": n, "of_positions": rows.total, "forced_from": rows.forced_from,
-               "worst_position": tf.worst_position, "tolerance": tol.as_dict(),
-               "tolerance_set": tolerance_set}
+               "worst_position": tf.worst_position}
+    metrics.update(limits.metrics("decode", metrics))
     return Check("decode", PASS if tf.passed else FAIL, message, metrics), tf
 
 
-def consistency_check(name: str, cons: Consistency, tol: Tolerance, tolerance_set: str,
-                      what: str) -> Check:
+def consistency_check(name: str, cons: Consistency, limits: Limits, what: str) -> Check:
     """A `consistency` (or `reference-consistency`) check from its measurement."""
-    message = ("; ".join(cons.failures) or "decode and one-pass agree") + f" ({what})"
+    message = ("; ".join(cons.failures) or "decode and one-pass agree, "
+               + cons.verdict()) + f" ({what})"
     return Check(name, PASS if cons.passed else FAIL, message,
                  {"kl_mean": cons.kl_mean, "kl_max": cons.kl_max,
                   "max_abs_dlogprob": cons.max_abs_dlogprob,
                   "top1_agreement": cons.top1_agreement, "worst_position": cons.worst_position,
-                  "positions": len(cons.kl), "tolerance": tol.as_dict(),
-                  "tolerance_set": tolerance_set})
+                  "positions": len(cons.kl), **limits.metrics()})
 
 
 def clear_of_ties(top_lp: np.ndarray, margin: float) -> np.ndarray:

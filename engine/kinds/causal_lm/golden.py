@@ -13,6 +13,9 @@ import numpy as np
 
 from specengine.errors import GoldenError
 from specengine.golden.store import Golden, GoldenFormat, read_verified, seal
+from specengine.loading.session import prompt_ids_for, reference_source, tokenizer_for
+from specengine.spec import Case, Spec
+from specengine.spec.long_prompt import ids_sha256
 
 GOLDEN_FORMAT = 1
 ROUND = 6   # decimals kept for log-probabilities
@@ -109,6 +112,9 @@ def describe_changes(old: dict, new: dict, limit: int = 40) -> list[str]:
             lines.append(f"  ~ case {cid}: {changed} step value(s) changed beyond 4 significant digits")
         if a["hash"] != b["hash"]:
             lines.append(f"  ~ case {cid}: prompt, settings or model changed (hash)")
+        if a.get("noise") != b.get("noise"):
+            lines.append(f"  ~ case {cid}: reference noise now recorded for "
+                         f"{', '.join(sorted(b.get('noise') or {})) or 'no class'}")
         sketch_change = _sketch_change(a.get("sketch"), b.get("sketch"))
         if sketch_change:
             lines.append(f"  ~ case {cid}: layer sketch {sketch_change}")
@@ -134,3 +140,30 @@ def _sketch_change(old: dict | None, new: dict | None) -> str:
     delta = max((abs(x - y) for la, lb in zip(old["layers"], new["layers"])
                  for x, y in zip(la["v"], lb["v"])), default=0.0)
     return f"changed (max |Δ| {delta:.2g})" if delta > 1e-4 else ""
+
+
+def check_staleness(spec: Spec, golden: LmGolden, ref_name: str, cases: list[Case],
+                     resolved=None) -> None:
+    resolved = resolved or reference_source(spec, ref_name)
+    if resolved.fingerprint != golden.data["model"]["fingerprint"]:
+        raise GoldenError(f"golden {golden.path} was recorded from another model "
+                          f"({golden.data['model']['fingerprint'][:23]}…, now "
+                          f"{resolved.fingerprint[:23]}…); re-record it with --update")
+    tokenizer = tokenizer_for(spec)
+    for case in cases:
+        if case.id not in golden.cases:
+            raise GoldenError(f"case '{case.id}' ({spec.path}:{case.line}) has no golden in "
+                              f"{golden.path}; re-record with --update")
+        ids = prompt_ids_for(tokenizer, case)
+        record = golden.cases[case.id]
+        if "prompt_ids" not in record:      # a long prompt stored by recipe + hash
+            if record.get("prompt_ids_sha256") != ids_sha256(ids):
+                raise GoldenError(f"golden for case '{case.id}' ({spec.path}:{case.line}) is "
+                                  "stale: its long prompt's recipe no longer reproduces the "
+                                  "recorded prompt ids (sha256 differs); re-record with "
+                                  "`specengine record-golden --update`")
+            record["prompt_ids"] = ids      # in memory only: the golden file keeps the hash
+        if case_hash(ids, case.settings(), resolved.fingerprint) != record["hash"]:
+            raise GoldenError(f"golden for case '{case.id}' ({spec.path}:{case.line}) is stale: "
+                              "its prompt or generation settings changed since it was recorded; "
+                              "re-record with `specengine record-golden --update`")

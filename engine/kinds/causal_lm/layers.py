@@ -9,8 +9,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from specengine.compare import sketch as sk
-from specengine.compare.layers import (GROWTH, Localization, default_floor, layer_names,
-                                       localize_sketch, localize_states, span)
+from specengine.compare.layers import (GROWTH, Localization, default_floor, default_jump_floor,
+                                       layer_names, localize_sketch, localize_states, span)
 from specengine.errors import BackendUnavailable, GoldenError, SpecEngineError, UsageError
 
 
@@ -103,6 +103,7 @@ def localize_record(backend: Any, record: dict, case_id: str, *, candidate: str,
     """Localize one case on a loaded candidate: against the reference's full states when
     given (live), else against the record's stored sketch (golden alone)."""
     floor = default_floor(*dtypes) if floor is None else float(floor)
+    jump = min(floor, default_jump_floor(*dtypes))
     names, states = capture(backend, teacher_forced_ids(record))
     if ref_states is not None:
         ref_names, ref = ref_states
@@ -111,7 +112,8 @@ def localize_record(backend: Any, record: dict, case_id: str, *, candidate: str,
             raise UsageError(f"case '{case_id}': the reference returns layers "
                              f"{span(list(ref_names))} and the candidate {span(list(names))} "
                              "(of other shapes): they are not the same architecture")
-        return localize_states(case_id, names, ref, states, reference, candidate, growth, floor)
+        return localize_states(case_id, names, ref, states, reference, candidate, growth, floor,
+                               jump)
     if not record.get("sketch"):
         raise GoldenError(f"the golden of case '{case_id}' has no layer sketch (recorded before "
                           "sketches existed, or by a backend without hidden states): re-record "
@@ -119,7 +121,7 @@ def localize_record(backend: Any, record: dict, case_id: str, *, candidate: str,
                           "live reference with --against")
     try:
         return localize_sketch(case_id, record["sketch"], names, states, reference, candidate,
-                               growth, floor)
+                               growth, floor, jump)
     except ValueError as exc:
         raise GoldenError(f"case '{case_id}': {exc}") from None
 
@@ -139,3 +141,14 @@ def localize_failed_case(session: Any, result: Any, record: dict, reference: str
         result.localization = loc.to_dict()
     except SpecEngineError as exc:
         result.localization = {"case_id": result.id, "error": exc.one_line()}
+
+
+def localization_summary(loc: dict) -> str:
+    """One line of a localization's dict: the flagged layer and its jump."""
+    layers, first = loc.get("layers") or [], loc.get("first_flagged")
+    if first is None or first >= len(layers):
+        return loc.get("error") or "no layer flagged"
+    m = layers[first]
+    prev = layers[first - 1]["rel_err"] if first else 0.0
+    return (f"rel_err {prev or 0:.3g} → {m['rel_err']:.3g} at {m['name']} "
+            f"({loc.get('mode', '')} comparison)")

@@ -15,7 +15,7 @@ from specengine.errors import UsageError
 from specengine.files import atomic_write_text
 from specengine.golden.store import default_golden_dir, golden_path
 from specengine.kinds.base import select_cases
-from specengine.kinds.causal_lm.check import check_staleness
+from specengine.kinds.causal_lm.golden import check_staleness
 from specengine.kinds.causal_lm.golden import load_golden
 from specengine.kinds.causal_lm.layers import capture, localize_record, teacher_forced_ids
 from specengine.kinds.causal_lm.localize_decode import localize_decode_record

@@ -20,7 +20,8 @@ import numpy as np
 
 from specengine.compare import tokens as compare
 from specengine.kinds.causal_lm.decode import clear_of_ties
-from specengine.compare.layers import GROWTH, Localization, default_floor, localize_states
+from specengine.compare.layers import (GROWTH, Localization, default_floor, default_jump_floor,
+                                       localize_states)
 from specengine.kinds.causal_lm.layers import capture
 from specengine.compare.tolerances import DEFAULTS, dtype_class
 from specengine.errors import BackendUnavailable
@@ -86,7 +87,8 @@ def localize_decode_record(backend: Any, record: dict, case_id: str, *, candidat
     last = [np.asarray(s)[-1:] for s in one_pass]
     loc = localize_states(case_id, names, last, [np.asarray(s)[-1:] for s in decoded],
                           reference=f"{candidate} one-pass", candidate=f"{candidate} decode",
-                          growth=growth, floor=floor)
+                          growth=growth, floor=floor,
+                          jump_floor=min(floor, default_jump_floor(dtype)))
     loc.mode = "decode"
     loc.notes.append(f"decode step {step} (sequence position {len(prompt) + step - 1}): {why}")
     if loc.first_flagged is None:

@@ -16,7 +16,9 @@ from specengine.kinds.causal_lm.golden import step_record
 from specengine.results import FAIL, NOT_RUN, PASS, CaseResult, Check, Side
 from specengine.loading.session import Session
 from specengine.spec import Case
+from specengine.compare.limits import Limits
 from specengine.compare.tolerances import dtype_class
+from specengine.kinds.causal_lm.limits import CaseLimits
 from specengine.compare.distribution import PATHS, distribution, judge
 from specengine.kinds.causal_lm.localize_decode import localize_decode_record
 from specengine.spec.long_prompt import ids_sha256
@@ -42,8 +44,8 @@ def prompt_steps(session: Session, ids: list[int], top_k: int) -> dict:
                       for i in range(len(positions))]}
 
 
-def prompt_check(session: Session, case: Case, record: dict, result: CaseResult, tol,
-                  tolerance_set: str) -> None:
+def prompt_check(session: Session, case: Case, record: dict, result: CaseResult,
+                 limits: Limits) -> None:
     """`prompt-positions`: a long case's sampled prompt positions, one-pass, vs the golden."""
     stored = record.get("prompt_steps")
     if not stored:
@@ -61,15 +63,15 @@ def prompt_check(session: Session, case: Case, record: dict, result: CaseResult,
     scores = backend.score_positions(list(record["prompt_ids"]), stored["positions"], g_ids,
                                      case.top_k)
     tf = compare.teacher_forced(g_ids, g_lp, g_tail, scores.gathered_logprobs,
-                                scores.gathered_tail, scores.top_ids[:, 0], tol)
+                                scores.gathered_tail, scores.top_ids[:, 0], limits.values)
     worst = stored["positions"][tf.worst_position]
     result.checks.append(Check(
         "prompt-positions", PASS if tf.passed else FAIL,
-        ("; ".join(tf.failures) or "within tolerance") + f" ({len(steps)} sampled prompt "
-        f"positions, one-pass; worst at position {worst})",
+        tf.verdict() + f" ({len(steps)} sampled prompt positions, one-pass; worst at position "
+        f"{worst})",
         {"kl_mean": tf.kl_mean, "kl_max": tf.kl_max, "top1_agreement": tf.top1_agreement,
          "max_abs_dlogprob": tf.max_abs_dlogprob, "positions": len(steps),
-         "worst_position": worst, "tolerance": tol.as_dict(), "tolerance_set": tolerance_set}))
+         "worst_position": worst, **limits.metrics()}))
     result.per_position["kl_prompt"] = tf.kl
     result.per_position["abs_dlogprob_prompt"] = tf.abs_dlogprob
     result.per_position["prompt_position"] = [float(p) for p in stored["positions"]]
@@ -150,36 +152,34 @@ def spec_distribution(cases: list[CaseResult], limits: dict | None) -> dict | No
 
 
 def reference_consistency_check(result: CaseResult, cons, ref_side: Side,
-                                 case: Case) -> None:
-    """check --against: the live reference's own prefill/decode consistency on the case."""
-    own = case.tolerance_for(side_class(ref_side))
+                                own: Limits) -> None:
+    """check --against: the live reference's own prefill/decode consistency on the case,
+    judged by the reference's own class (`own`)."""
     if cons is None:
         result.checks.append(Check("reference-consistency", NOT_RUN,
                                    f"reference '{ref_side.backend}' gave no one-pass scores"))
         return
     result.checks.append(decode.consistency_check(
-        "reference-consistency", cons, own, case.tolerance_source.label(side_class(ref_side)),
+        "reference-consistency", cons, own,
         f"reference '{ref_side.backend}': its generation vs its one-pass scores"))
     if not cons.passed and result.status == PASS:
         result.status = FAIL
 
 
 def decode_checks(session: Session, case: Case, record: dict, gen, div_step: int | None,
-                   scores, result: CaseResult, klass: str, tol, tolerance_set: str,
-                   golden_arrays) -> None:
+                  scores, result: CaseResult, limits: CaseLimits, golden_arrays) -> None:
     """The `decode` check (decode-path rows vs the golden) and the `consistency` check
     (decode-path rows vs the candidate's own one-pass scores, at its own dtype's noise)."""
     g_ids, g_lp, g_tail = golden_arrays
     rows = decode.decode_rows(session.backend, list(record["prompt_ids"]),
                               list(record["output_ids"]), g_ids, gen, div_step, case.top_k)
-    check, dtf = decode.decode_check(rows, g_ids, g_lp, g_tail, tol, tolerance_set)
+    check, dtf = decode.decode_check(rows, g_ids, g_lp, g_tail, limits)
     result.checks.append(check)
     if dtf is not None:
         result.per_position.update({"kl_decode": dtf.kl, "abs_dlogprob_decode": dtf.abs_dlogprob,
                                     "dp_decode": dtf.dp,
                                     "same_top1_decode": [float(x) for x in dtf.same_top1]})
-    own_class = dtype_class(session.config.dtype, session.config.quantization)
-    own = case.tolerance_for(own_class)
+    own = limits.own.values
     if scores is None or rows.covered == 0:
         reason = rows.note if rows.covered == 0 else unsupported(session.backend, "scoring")
         result.checks.append(Check("consistency", NOT_RUN, f"needs both paths: {reason}"))
@@ -190,7 +190,7 @@ def decode_checks(session: Session, case: Case, record: dict, gen, div_step: int
                                decode.clear_of_ties(scores.top_logprobs[:n], own.max_margin), own)
     result.per_position["kl_consistency"] = cons.kl
     result.checks.append(decode.consistency_check(
-        "consistency", cons, own, case.tolerance_source.label(own_class),
+        "consistency", cons, limits.own,
         "the candidate's decode path vs its own one-pass scores of the golden's sequence"))
 
 

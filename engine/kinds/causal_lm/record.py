@@ -4,22 +4,25 @@ that `localize` needs; also the live reference of `check --against`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from specengine.backends.registry import config_for
 from specengine.compare.tokens import Consistency
 from specengine.compare.tolerances import dtype_class
-from specengine.errors import (BackendCrashed, BackendUnavailable, ReferenceInconsistent,
-                               SpecError)
-from specengine.golden.store import previous_golden, replace_golden, golden_path
+from specengine.errors import (BackendCrashed, BackendUnavailable, ReferenceFailsExpectations,
+                               ReferenceInconsistent, SpecError)
+from specengine.golden.store import golden_path, previous_golden, replace_golden, seal
 from specengine.kinds.base import record_one
 from specengine.kinds.causal_lm import decode, paths
 from specengine.kinds.causal_lm.layers import capture, sketch_for_record, teacher_forced_ids
-from specengine.kinds.causal_lm.golden import (LmGolden, build_golden, case_hash,
+from specengine.kinds.causal_lm.expect import reference_failures
+from specengine.kinds.causal_lm.golden import (LmGolden, build_golden, case_hash, check_staleness,
                                                describe_changes, load_golden, step_record)
+from specengine.kinds.causal_lm.noise import measure_noise, noise_config, summary_line
 from specengine.loading.session import Session, open_session
 from specengine.progress import cases as progress_cases
 from specengine.results import Side
@@ -48,7 +51,8 @@ def record_case_checked(session: Session, case: Case, sketch: bool = True
                                  f"case '{case.id}', so it cannot record a golden: "
                                  f"{paths.unsupported(session.backend, 'logprobs')}")
     _check_finite(gen.topk_logprobs, session, case)
-    own = case.tolerance_for(dtype_class(session.config.dtype, session.config.quantization))
+    own = session.spec.limits(case, dtype_class(session.config.dtype, session.config.quantization),
+                              session.config.name, absolute_only=True).values
     consistency = decode.generation_consistency(session.backend, ids, gen, case.top_k, own)
     record = {"hash": case_hash(ids, case.settings(), session.resolved.fingerprint),
               "prompt": session.prompt_text(case), "prompt_ids": ids,
@@ -73,21 +77,35 @@ def _check_finite(lp: np.ndarray, session: Session, case: Case) -> None:
 
 def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool = False,
                   echo: Callable[[str], None] = print,
-                  allow_inconsistent: bool = False) -> Path:
+                  allow_inconsistent: bool = False, noise: Sequence[str] = (),
+                  allow_failing: bool = False) -> Path:
     """Record every case of a spec on a backend into golden/<spec>/<backend>.json.
 
-    A reference whose own decode and one-pass paths disagree on a case (beyond its dtype's
-    noise) does not become a golden: ReferenceInconsistent (exit 1) naming the cases,
-    unless `allow_inconsistent`, which the golden then records."""
+    A reference that is not a golden is refused, nothing written: one whose own decode and
+    one-pass paths disagree on a case beyond its dtype's noise (ReferenceInconsistent,
+    exit 1, unless `allow_inconsistent`), and one whose own text fails the case's
+    expectations (ReferenceFailsExpectations, exit 1, unless `allow_failing`); the golden
+    then names those cases. With `noise` classes the reference's own error of each class
+    is measured and stored (kinds.causal_lm.noise) — into an existing golden without
+    re-recording it, when there is one and no `update`."""
     name = config_for(backend_name, spec.backends).name
     path = golden_path(golden_dir, spec.name, name)
+    for klass in noise:
+        noise_config(config_for(name, spec.backends), klass)     # a usage error first
+    if noise and path.exists() and not update:
+        golden = load_golden(path, spec.name)
+        stored = json.loads(json.dumps(golden.data))   # staleness adds long prompts' ids
+        check_staleness(spec, golden, name, spec.cases)
+        data = _with_noise(spec, name, golden, stored, noise, echo)
+        return replace_golden(path, data, stored, describe_changes, echo)
     old = previous_golden(path, update, lambda p: load_golden(p, spec.name).data, echo)
     session = open_session(spec, name)
     bind_chats(session)
     try:
-        cases, checks = {}, {}
+        cases, checks, fails = {}, {}, {}
         for case in progress_cases(spec.cases, "record", spec.name, name):
             cases[case.id], checks[case.id] = record_case_checked(session, case)
+            fails[case.id] = _reference_failures(case, cases[case.id])
         side = session.side()
     finally:
         session.close()
@@ -98,11 +116,46 @@ def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool 
             f"{len(inconsistent)} case(s): {'; '.join(inconsistent)[:600]}; nothing was "
             "recorded — fix the reference, or pass --allow-inconsistent-reference to record it "
             "anyway (the golden says so)")
-    cases = {cid: paths.stored_record(record) for cid, record in cases.items()}
+    failing = {cid: f for cid, f in fails.items() if f}
+    if failing and not allow_failing:
+        listed = "; ".join(f"{cid}: expect {', '.join(f)} (its text: "
+                           f"{cases[cid]['output_text'][:60]!r})" for cid, f in failing.items())
+        raise ReferenceFailsExpectations(
+            f"backend '{name}' fails its own spec's expectations on {len(failing)} case(s): "
+            f"{listed[:700]}; nothing was recorded — fix the expectations or the reference, "
+            "or pass --allow-failing-expectations (the golden marks those cases, and a check "
+            "reports them as failing on the reference too)")
+    for cid, f in failing.items():
+        cases[cid]["reference_fails"] = f
+    stored = {cid: paths.stored_record(record) for cid, record in cases.items()}
     data = build_golden(spec.name, name, session.resolved.fingerprint, session.resolved.origin,
-                        side.recorded(), cases, inconsistent_allowed=inconsistent
+                        side.recorded(), stored, inconsistent_allowed=inconsistent
                         if allow_inconsistent else None)
+    if noise:
+        data = _with_noise(spec, name, LmGolden(path, {**data, "cases": cases}), data, noise,
+                           echo)
     return replace_golden(path, data, old, describe_changes, echo)
+
+
+def _reference_failures(case: Case, record: dict) -> list[str]:
+    steps = record["steps"]
+    first = float(steps[0]["logprobs"][0]) if steps else None
+    return reference_failures(case, record["output_text"], record["output_ids"], first)
+
+
+def _with_noise(spec: Spec, name: str, golden: LmGolden, data: dict, classes: Sequence[str],
+                echo: Callable[[str], None]) -> dict:
+    """`data` (the golden as stored) with each class's noise measured against `golden`
+    (its records with prompt ids) and added to every case, sealed again."""
+    data = json.loads(json.dumps(data))
+    data.pop("content_sha256", None)
+    for klass in classes:
+        measured, made = measure_noise(spec, name, golden, list(spec.cases), klass, bind_chats)
+        echo(summary_line(measured, klass))
+        data.setdefault("noise", {})[klass] = made
+        for cid, values in measured.items():
+            data["cases"][cid].setdefault("noise", {})[klass] = values
+    return seal(data)
 
 
 def live_reference(spec: Spec, ref_name: str, cases: list[Case],
@@ -117,6 +170,7 @@ def live_reference(spec: Spec, ref_name: str, cases: list[Case],
         records = {}
         for case in progress_cases(cases, "reference", spec.name, ref_name):
             records[case.id], consistency = record_case_checked(session, case, sketch=False)
+            records[case.id]["reference_fails"] = _reference_failures(case, records[case.id])
             if checks is not None:
                 checks[case.id] = consistency
         if states is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from specengine.compare.tolerances import HALF
 from specengine.report.text import one_line, truncate
 from specengine.token_display import joined, token_pieces
 from specengine.loading.sources import resolve
@@ -22,8 +23,9 @@ TEXT_WIDTH = 160
 
 
 def _margin(case) -> float:
-    tol = getattr(case, "tolerance", None)
-    return float(getattr(tol, "max_margin", 0.5) or 0.5)
+    """The near-tie margin a half-precision candidate of this case is judged by (the
+    class whose ties a text expectation meets most)."""
+    return float(case.limits(HALF, absolute_only=True).values.max_margin or 0.5)
 
 
 def near_ties(record: dict, margin: float) -> list[tuple[int, float, int, int]]:

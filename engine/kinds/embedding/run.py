@@ -27,7 +27,9 @@ from specengine.kinds.embedding.session import (KIND, EmbeddingSession, open_emb
 from specengine.loading.session import model_for
 from specengine.loading.sources import resolve
 from specengine.results import FAIL, PASS, CaseResult, Check, RunResult, Side
-from specengine.spec import OUTPUTS, EmbeddingCase, EmbeddingTolerance, Spec
+from specengine.compare.limits import Limits
+from specengine.compare.tolerances import coarser, dtype_class
+from specengine.spec import OUTPUTS, EmbeddingCase, Spec
 from dataclasses import replace
 
 
@@ -115,7 +117,9 @@ def check_embedding_spec(spec: Spec, backend_name: str, golden_dir: Path | None 
         ref_side, ref_kind = Side.from_golden(golden.data), "golden"
     session = open_embedding_session(spec, cand_name)
     try:
-        run = new_run(spec, session.side(), ref_side, ref_kind)
+        cand_side = session.side()
+        klass = coarser(*(dtype_class(s.dtype, s.quantization) for s in (cand_side, ref_side)))
+        run = new_run(spec, cand_side, ref_side, ref_kind, tolerance_class=klass)
         if session.model_override:
             run.notes.append(f"candidate '{cand_name}' runs its own model: {session.resolved.origin}")
         backend = session.backend
@@ -125,7 +129,8 @@ def check_embedding_spec(spec: Spec, backend_name: str, golden_dir: Path | None 
                           "embedding models, so no case is compared", EmbeddingCase.describe)
             perf = False
         else:
-            check_cases(run, spec, cand_name, cases, lambda case: check_case(session, case, golden),
+            check_cases(run, spec, cand_name, cases, lambda case: check_case(
+                            session, case, golden, spec.limits(case, klass, cand_name)),
                         fail_fast, after=lambda case, result: run.notes.append(case_note(result)))
         if perf:
             run.perf = measure_perf(session, spec, cases)
@@ -158,8 +163,9 @@ def check_staleness(spec: Spec, golden: Golden, cases: list[EmbeddingCase]) -> N
                               "re-record with `specengine record-golden --update`")
 
 
-def output_check(name: str, stats: ArrayStats, tol: EmbeddingTolerance) -> Check:
-    """Judge one output's metrics against the tolerance (pure)."""
+def output_check(name: str, stats: ArrayStats, limits: Limits) -> Check:
+    """Judge one output's metrics against the limits of the comparison's class (pure)."""
+    tol = limits.values
     cos_min = tol.cosine_min if name == "pooled" else tol.hidden_cosine_min
     per = "input" if name == "pooled" else "token"
     failures = []
@@ -173,19 +179,22 @@ def output_check(name: str, stats: ArrayStats, tol: EmbeddingTolerance) -> Check
                f"{stats.rel_share_1e3:.1%}, rel<5e-3 {stats.rel_share_5e3:.1%}")
     metrics = stats.as_dict()
     metrics["cosine_min_limit"] = cos_min
-    metrics["tolerance"] = tol.as_dict()
+    metrics.update(limits.metrics())
+    summary += f" (limit: cosine ≥ {cos_min:g}, {limits.label()})"
     return Check(name, FAIL if failures else PASS,
                  ("; ".join(failures) + " — " + summary) if failures else summary, metrics)
 
 
-def check_case(session: EmbeddingSession, case: EmbeddingCase, golden: Golden) -> CaseResult:
+def check_case(session: EmbeddingSession, case: EmbeddingCase, golden: Golden,
+               limits: Limits) -> CaseResult:
     result = CaseResult(id=case.id, status=PASS, line=case.line, tags=list(case.tags),
                         prompt=case.describe())
-    return run_checks(result, lambda: _run_checks(session, case, golden, result),
+    return run_checks(result, lambda: _run_checks(session, case, golden, result, limits),
                       session.spec.timeout_s)
 
 
-def _run_checks(session: EmbeddingSession, case: EmbeddingCase, golden, result: CaseResult) -> None:
+def _run_checks(session: EmbeddingSession, case: EmbeddingCase, golden, result: CaseResult,
+                limits: Limits) -> None:
     settings = golden.data["settings"]
     names = tuple(settings["outputs"])
     expected = case_outputs(golden, case.id)
@@ -202,7 +211,7 @@ def _run_checks(session: EmbeddingSession, case: EmbeddingCase, golden, result: 
                                        f"the golden's {list(expected[name].shape)}"))
             continue
         result.checks.append(output_check(name, array_stats(expected[name], got[name]),
-                                          case.tolerance))
+                                          limits))
     det = case.determinism
     if det.runs > 1:
         worst, where = 0.0, ""

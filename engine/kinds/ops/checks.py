@@ -10,16 +10,19 @@ import numpy as np
 from specengine.compare.arrays import array_stats, dtype_error, limit_failures
 from specengine.kinds.ops.runner import round_to
 from specengine.results import FAIL, NOT_RUN, PASS, Check
-from specengine.spec import OpCase, OpTolerance
+from specengine.compare.limits import Limits
+from specengine.spec import OpCase
 from specengine.spec.ops_catalog import OPS
 
 _INT_OUTPUTS = {"ids"}
 
 
 def float_check(name: str, reference: np.ndarray, candidate: np.ndarray, oracle: np.ndarray,
-                dtype: str, tol: OpTolerance, self_check: bool, reduction: int,
+                dtype: str, limits: Limits, self_check: bool, reduction: int,
                 recorded: dict | None = None) -> Check:
-    """Metrics of one float output; fails on the tolerance (a self-check only reports)."""
+    """Metrics of one float output; fails on the limits of its class (a self-check only
+    reports)."""
+    tol = limits.values
     stats = array_stats(reference, candidate)
     derr = dtype_error(oracle, candidate, round_to(oracle, dtype), dtype)
     failures = []
@@ -40,7 +43,7 @@ def float_check(name: str, reference: np.ndarray, candidate: np.ndarray, oracle:
                     f"{recorded['dtype_error_ratio']:.3g}x")
     metrics = {**stats.as_dict(), **derr.as_dict(), "reduction_length": reduction,
                "comparison": "self-check" if self_check else "cross-backend",
-               "tolerance": tol.as_dict()}
+               **limits.metrics()}
     if recorded:
         metrics["reference_recorded"] = recorded
     if self_check:
@@ -90,8 +93,9 @@ def _aligned_weights(ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def routing_checks(case: OpCase, ref: dict, cand: dict, oracle: dict, dtype: str,
-                   self_check: bool, inputs: dict, recorded: dict | None) -> list[Check]:
-    tol = case.tolerance
+                   self_check: bool, inputs: dict, recorded: dict | None,
+                   limits: Limits) -> list[Check]:
+    tol = limits.values
     bias = inputs.get("bias")
     ref_select = ref["scores"] + (bias if bias is not None else 0.0)
     score_err = np.abs(cand["scores"] - ref["scores"]).max(axis=-1)
@@ -115,7 +119,7 @@ def routing_checks(case: OpCase, ref: dict, cand: dict, oracle: dict, dtype: str
             "weights", _aligned_weights(ref["ids"][rows], ref["weights"][rows]),
             _aligned_weights(cand["ids"][rows], cand["weights"][rows]),
             _aligned_weights(oracle["ids"][rows], oracle["weights"][rows]),
-            dtype, tol, self_check, reduction, (recorded or {}).get("weights")))
+            dtype, limits, self_check, reduction, (recorded or {}).get("weights")))
     else:
         checks.append(Check("weights", NOT_RUN, "no token with the same expert set"))
     return checks

@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from specengine.backends.registry import config_for
+from specengine.compare.tolerances import coarser, dtype_class
 from specengine.errors import BackendCrashed, GoldenError
 from specengine.golden.store import (GoldenFormat, default_golden_dir, golden_path,
                                      previous_golden, read_verified, replace_golden, seal)
@@ -47,6 +48,8 @@ def _op_result(case: OpCase, runner: OpRunner, ref_runner: OpRunner | None, ref_
         else:
             ref_out, ref_dtype = m.oracle, "float64"
         self_check = same_class(cand_side, dtype, ref_side, ref_dtype)
+        klass = coarser(dtype_class(dtype), dtype_class(ref_dtype))
+        limits = runner.session.spec.limits(case, klass, runner.config.name)
         recorded = None
         if golden_case is not None:
             recorded = {name: {**vals, "backend": golden_backend, "dtype": golden_case["dtype"]}
@@ -54,15 +57,15 @@ def _op_result(case: OpCase, runner: OpRunner, ref_runner: OpRunner | None, ref_
         reduction = OPS[case.op].reduction(case.dims)
         if case.op == "moe_topk_routing":
             result.checks.append(float_check("scores", ref_out["scores"], m.outputs["scores"],
-                                             m.oracle["scores"], dtype, case.tolerance, self_check,
+                                             m.oracle["scores"], dtype, limits, self_check,
                                              reduction, (recorded or {}).get("scores")))
             result.checks += routing_checks(case, ref_out, m.outputs, m.oracle, dtype, self_check,
                                             {k: round_to(v, dtype) for k, v in inputs.items()},
-                                            recorded)
+                                            recorded, limits)
         else:
             for name in sorted(m.outputs):
                 result.checks.append(float_check(name, ref_out[name], m.outputs[name],
-                                                 m.oracle[name], dtype, case.tolerance,
+                                                 m.oracle[name], dtype, limits,
                                                  self_check, reduction,
                                                  (recorded or {}).get(name)))
         det = case.determinism
