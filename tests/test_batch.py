@@ -46,7 +46,7 @@ def test_logprob_drift_is_located():
     d = compare_in_batch([5, 6, 7], a, [5, 6, 7], b, 1e-4, 2, ["b"])
     assert not d.passed and d.identical_tokens and d.first_diff_step == 1
     text = describe(judge([d], 1e-4), {})
-    assert "batch 2 (row 0, with b): log-probs differ at step 1" in text
+    assert "batch 2 (row 0, left-padded, with b): log-probs differ at step 1" in text
     assert "tokens identical" in text and "none reported" in text
 
 
@@ -59,7 +59,7 @@ def test_token_divergence_is_located_with_both_tokens():
     assert not result.passed and result.first_failure is d2
     assert (d2.first_diff_step, d2.alone_token, d2.batched_token) == (2, 7, 9)
     text = describe(result, {}, lambda i: f"tok{i}")
-    assert "batch 4 (row 0, with b, c, b): token differs at step 2: alone tok7, in batch tok9" in text
+    assert "batch 4 (row 0, left-padded, with b, c, b): token differs at step 2: alone tok7, in batch tok9" in text
     # log-probs drifting before the tokens part: both steps are named
     c = a.copy()
     c[0, 1] -= 0.3
@@ -150,7 +150,7 @@ def test_tiny_model_is_batch_invariant_on_cpu_and_a_skewed_backend_is_caught(cac
         assert check["status"] == "fail"
         m = check["metrics"]
         assert m["first_diff_batch_size"] == 2 and m["first_diff_step"] == 0
-        assert check["message"].startswith("batch 2 (row 0, with ")
+        assert check["message"].startswith("batch 2 (row 0, left-padded, with ")
         assert "step 0" in check["message"]
     assert "batch-invariance" in (cache / "skewed.md").read_text()
 

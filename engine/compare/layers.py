@@ -55,8 +55,9 @@ JUMP = 32.0             # a jump over every preceding layer's level
 JUMP_MIN = 1e-5         # the least rel_err such a jump counts from (float32)
 REL_EPS = 1e-6          # |g| floor in element-wise relative errors
 RULE_TEXT = ("first layer whose rel_err (RMS over positions of ||c_p − g_p|| / ||g_p||) is at "
-             "least {growth:g}× the previous layer's and either at least {floor:.3g} or at "
-             "least {jump_floor:.3g} and {jump:g}× every preceding layer's")
+             "least {floor:.3g} and at least {growth:g}× the previous layer's")
+JUMP_TEXT = (", or at least {jump_floor:.3g}, {growth:g}× the previous layer's and {jump:g}× "
+             "every preceding layer's")
 
 
 @dataclass
@@ -227,8 +228,14 @@ def _assemble(case_id: str, mode: str, reference: str, candidate: str, positions
                         positions=positions, layers=layers, first_flagged=first,
                         first_flagged_name=layers[first].name if first is not None else None,
                         growth=growth, floor=floor, jump_floor=jump_floor,
-                        rule=RULE_TEXT.format(growth=growth, floor=floor, jump_floor=jump_floor,
-                                              jump=JUMP), notes=list(notes or []))
+                        rule=rule_text(growth, floor, jump_floor), notes=list(notes or []))
+
+
+def rule_text(growth: float, floor: float, jump_floor: float) -> str:
+    text = RULE_TEXT.format(growth=growth, floor=floor)
+    if jump_floor < floor:
+        text += JUMP_TEXT.format(jump_floor=jump_floor, growth=growth, jump=JUMP)
+    return text
 
 
 def localize_states(case_id: str, names: Sequence[str], ref_states: Sequence[np.ndarray],
