@@ -79,6 +79,18 @@ class BackendCrashed(SpecEngineError):
     exit_code = 3
 
 
+class BackendStopped(BackendCrashed):
+    """A backend that stopped for good part-way through a run — a server that answered
+    requests, then no longer did (killed, crashed, connection refused). Nothing after it
+    can run: the run stops there, keeping the cases already judged (exit 3).
+    `in_case` adds which case it stopped in."""
+
+    def in_case(self, what: str, case_id: str) -> "BackendStopped":
+        if f"for {what} '{case_id}'" not in str(self):
+            self.args = (f"{self.args[0] if self.args else ''} for {what} '{case_id}'",)
+        return self
+
+
 class OutputError(SpecEngineError):
     """A file specengine was asked to write (a golden, a report, a cache entry) that
     could not be written: a full disk, a read-only folder, a path that is a folder
