@@ -125,3 +125,23 @@ def test_a_server_killed_mid_run_is_named_and_the_judged_cases_are_kept(server, 
     assert [c["status"] for c in cases[:2]] == ["pass", "pass"]     # judged, kept as judged
     assert case == "add-chat" and cases[2]["status"] == "error"
     assert "then stopped" in cases[2]["error"]
+
+
+@pytest.mark.parametrize("name,tp", [("ernie45-21b-a3b-base", "8"), ("qwen35", None),
+                                     ("internlm25-7b-chat", None)])
+def test_the_ported_models_ship_a_vllm_ascend_backend_with_the_gate_settings(name, tp):
+    """The seed specs of the models that ship on vLLM-Ascend carry the served backend and
+    the server command with the settings a gate needs (read, nothing started)."""
+    from specengine.backends.registry import config_for
+    from specengine.spec import load_spec
+
+    path = REPO / "specs" / f"{name}.yaml"
+    spec = load_spec(path)
+    config = config_for("vllm-ascend", spec.backends)
+    assert (config.runtime, config.device, config.dtype) == ("openai", "npu", "bfloat16")
+    assert config.options["model"] and config.options["base_url"].startswith("${")
+    text = path.read_text(encoding="utf-8")
+    for flag in ("--dtype bfloat16", "--seed 0", "--max-logprobs 20", "--generation-config vllm",
+                 "--enforce-eager"):
+        assert flag in text, (name, flag)
+    assert (f"--tensor-parallel-size {tp}" in text) == bool(tp), name
