@@ -82,12 +82,13 @@ class BackendCrashed(SpecEngineError):
 class BackendStopped(BackendCrashed):
     """A backend that stopped for good part-way through a run — a server that answered
     requests, then no longer did (killed, crashed, connection refused). Nothing after it
-    can run: the run stops there, keeping the cases already judged (exit 3).
-    `in_case` adds which case it stopped in."""
+    can run: the run stops there, keeping the cases already judged (exit 3). `at` adds
+    where in the run it stopped ("for case 'capital-fr'", "while measuring perf")."""
 
-    def in_case(self, what: str, case_id: str) -> "BackendStopped":
-        if f"for {what} '{case_id}'" not in str(self):
-            self.args = (f"{self.args[0] if self.args else ''} for {what} '{case_id}'",)
+    def at(self, where: str) -> "BackendStopped":
+        said = str(self.args[0]) if self.args else ""
+        if not said.endswith(where):
+            self.args = (f"{said} {where}",)
         return self
 
 

@@ -83,9 +83,10 @@ class _Server:
 
 class ReplayServer(_Server):
     """vLLM's dialect, answered from the golden; dies at the first request whose prompt
-    is `die_on` (ids), by `mode`: 'refuse' or 'cut' (a stream cut after one event)."""
+    is `die_on` (ids; "perf": a perf measurement's, which is no case's and not a probe's),
+    by `mode`: 'refuse' or 'cut' (a stream cut after one event)."""
 
-    def __init__(self, die_on: list[int], mode: str):
+    def __init__(self, die_on: list[int] | str, mode: str):
         self.cases = load_json(GOLDEN)["cases"]
         self.die_on, self.mode = die_on, mode
         self.answered = 0          # replies to /v1/* requests (what the client counts)
@@ -107,7 +108,8 @@ class ReplayServer(_Server):
 
     def post(self, handler, body):
         ids = [int(i) for i in body["prompt"]]
-        if ids == self.die_on:
+        perf = self.die_on == "perf" and self._case(ids) is None and len(ids) >= 16
+        if ids == self.die_on or perf:
             if self.mode == "cut" and body.get("stream"):
                 handler.send_response(200)
                 handler.send_header("Content-Type", "text/event-stream")
@@ -289,3 +291,25 @@ def test_the_old_probe_sequence_is_what_kills_it(smollm2_dir, monkeypatch):
         stub.close()
     assert re.search(r"answered 3 requests, then stopped \((connection closed without a reply|"
                      r"connection reset)\) during a generation on /completions$", str(caught.value))
+
+
+def test_a_server_that_stops_while_perf_is_measured_keeps_the_judged_cases(tmp_path):
+    server = ReplayServer("perf", "refuse")
+    try:
+        out = tmp_path / "out.json"
+        result = cli("check", _spec(tmp_path, server.base_url), "--backend", "served",
+                     "--golden-dir", REPO / "golden", "--json", out, "--case", "capital-fr",
+                     "--case", "relativity", "--perf", timeout=600)
+    finally:
+        server.close()
+    assert result.rc == 3, result.text
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.text, result.err
+    assert lines[0].endswith(f"answered {server.answered} requests, then stopped (connection "
+                             "refused) during a streamed generation on /completions while "
+                             "measuring perf"), lines[0]
+    run = load_json(out)["runs"][0]
+    assert [(c["id"], c["status"]) for c in run["cases"]] == [("capital-fr", "pass"),
+                                                              ("relativity", "pass")]
+    assert run["perf"]["status"] == "error" and run["status"] == "error"
+    assert "while measuring perf" in run["perf"]["failures"][0]

@@ -157,7 +157,7 @@ def record_one(backend: str, case_id: str, record: Callable[[], dict],
                              f"{timeout_s:g} s (defaults.timeout_s); nothing was "
                              "recorded") from None
     except BackendStopped as exc:
-        raise exc.in_case(what, case_id) from None
+        raise exc.at(f"for {what} '{case_id}'") from None
     except BackendCrashed as exc:
         cause = runtime_cause(exc)
         if cause is None or out_of_memory(exc):
@@ -203,7 +203,7 @@ def check_cases(run: RunResult, spec: Spec, backend: str, cases: Sequence[AnyCas
             result = check(case)
         except BackendCrashed as exc:   # out of memory or stopped: it cannot go on
             if isinstance(exc, BackendStopped):
-                exc.in_case(what, case.id)
+                exc.at(f"for {what} '{case.id}'")
             run.cases.append(CaseResult(id=case.id, status=ERROR, line=case.line,
                                         tags=list(case.tags), error=exc.one_line()))
             run.notes.append(f"stopped at {what} '{case.id}': {exc.one_line()}")
