@@ -86,6 +86,19 @@ class BackendCrashed(SpecEngineError):
     exit_code = 3
 
 
+class BackendStopped(BackendCrashed):
+    """A backend that stopped for good part-way through a run — a server that answered
+    requests, then no longer did (killed, crashed, connection refused). Nothing after it
+    can run: the run stops there, keeping the cases already judged (exit 3). `at` adds
+    where in the run it stopped ("for case 'capital-fr'", "while measuring perf")."""
+
+    def at(self, where: str) -> "BackendStopped":
+        said = str(self.args[0]) if self.args else ""
+        if not said.endswith(where):
+            self.args = (f"{said} {where}",)
+        return self
+
+
 class OutputError(SpecEngineError):
     """A file specengine was asked to write (a golden, a report, a cache entry) that
     could not be written: a full disk, a read-only folder, a path that is a folder

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from specengine.errors import BackendCrashed, SpecEngineError, UsageError, brief
+from specengine.errors import BackendCrashed, BackendStopped, SpecEngineError, UsageError, brief
 from specengine.progress import cases as progress_cases
 from specengine.results import (ERROR, FAIL, NOT_RUN, PASS, CaseResult, Check, RunResult, Side,
                                 comparison_label)
@@ -120,9 +120,10 @@ def described(exc: BaseException) -> str:
 def run_checks(result: CaseResult, checks: Callable[[], None], timeout_s: float | None
                ) -> CaseResult:
     """Run one case's checks into `result`; whatever goes wrong becomes the case's error,
-    never a lost run: a time limit, a backend failure, a runtime's own exception. Two
+    never a lost run: a time limit, a backend failure, a runtime's own exception. Three
     things stop the run instead: the engine's own errors (SpecEngineError: a bad spec, a
-    stale golden), and a backend out of memory (BackendCrashed), which cannot go on.
+    stale golden), a backend out of memory (BackendCrashed), and a backend that stopped
+    (BackendStopped: a server that no longer answers); neither backend can go on.
     The case's status follows from its checks; its duration is measured."""
     start = time.perf_counter()
     try:
@@ -132,7 +133,7 @@ def run_checks(result: CaseResult, checks: Callable[[], None], timeout_s: float 
         result.error = (f"timed out after {timeout_s:g} s (defaults.timeout_s); "
                         "the remaining checks of this case were not run")
     except BackendCrashed as exc:
-        if out_of_memory(exc):
+        if out_of_memory(exc) or isinstance(exc, BackendStopped):
             raise
         cause = runtime_cause(exc)
         result.error = described(cause) if cause else exc.one_line()
@@ -157,6 +158,8 @@ def record_one(backend: str, case_id: str, record: Callable[[], dict],
         raise BackendCrashed(f"backend '{backend}': {what} '{case_id}' timed out after "
                              f"{timeout_s:g} s (defaults.timeout_s); nothing was "
                              "recorded") from None
+    except BackendStopped as exc:
+        raise exc.at(f"for {what} '{case_id}'") from None
     except BackendCrashed as exc:
         cause = runtime_cause(exc)
         if cause is None or out_of_memory(exc):
@@ -194,12 +197,15 @@ def check_cases(run: RunResult, spec: Spec, backend: str, cases: Sequence[AnyCas
                 what: str = "case") -> None:
     """Check each case into `run.cases`, with the progress lines; `after` sees each
     result (notes, localization). --fail-fast stops at the first case that does not pass.
-    A backend that runs out of memory stops the run: the case is an error, the run so far
-    travels on the exception (`partial_run`) so the CLI still writes its reports."""
+    A backend that runs out of memory or stops (a server that died) stops the run: the
+    case is an error, the run so far travels on the exception (`partial_run`) so the CLI
+    still writes its reports, with the cases already judged as they were judged."""
     for case in progress_cases(cases, "check", spec.name, backend, run.cases):
         try:
             result = check(case)
-        except BackendCrashed as exc:   # out of memory: the backend cannot go on
+        except BackendCrashed as exc:   # out of memory or stopped: it cannot go on
+            if isinstance(exc, BackendStopped):
+                exc.at(f"for {what} '{case.id}'")
             run.cases.append(CaseResult(id=case.id, status=ERROR, line=case.line,
                                         tags=list(case.tags), error=exc.one_line()))
             run.notes.append(f"stopped at {what} '{case.id}': {exc.one_line()}")

@@ -31,7 +31,10 @@ several byte tokens is complete) and re-read along the golden's ids where the te
 (`align_to_golden`).
 
 A server that is down or too slow is `BackendUnavailable` (exit 3) naming the URL and the
-timeout; requests are retried a bounded number of times with exponential backoff.
+timeout; requests are retried a bounded number of times with exponential backoff. A server
+that answered and then stops (killed, crashed, a stream cut off) is `BackendStopped`
+(exit 3): how many replies it gave, the cause, and the request it died in; the run stops
+there and keeps the cases already judged.
 """
 
 from __future__ import annotations
@@ -42,14 +45,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 
-from specengine.errors import BackendCrashed, BackendUnavailable
+from specengine.errors import BackendCrashed, BackendStopped, BackendUnavailable
 
 from specengine.backends.base import Backend, BackendConfig, Generation
 from specengine.backends.openai.dialects import (NOT_GREEDY_CAUSES, SAMPLING_KEYS,
     describe_quantization, describe_sampling, identify, neutral_sampling, parse_options)
 from specengine.backends.openai.http import HttpClient, ServerDown, ServerRejected
-from specengine.backends.openai.replies import (NoPromptLogprobs, Reply, Step, completion_steps,
-                                                latency_summary, steps_to_arrays)
+from specengine.backends.openai.replies import Reply, Step, latency_summary, steps_to_arrays
 from specengine.backends.openai.scoring import ServedScoring
 from specengine.backends.openai.tokens import resegment
 
@@ -95,7 +97,7 @@ class OpenAIBackend(ServedScoring, Backend):
     def load(self, source) -> None:
         start = time.perf_counter()
         self.resolved = source
-        models = self._call(lambda: self._models())   # first: a server that is down fails fast
+        models = self._call(self._models, "GET /models")   # first: a server that is down fails fast
         if self.tokenizer is None:
             raise BackendUnavailable(f"backend '{self.name}' needs the spec's tokenizer "
                                      "(Backend.use_tokenizer) before it loads")
@@ -130,42 +132,20 @@ class OpenAIBackend(ServedScoring, Backend):
             self.server["owned_by"] = ", ".join(owners)
         return [m for m in items if isinstance(m, dict)]
 
-    def _probe_capabilities(self) -> None:
-        url = self.client.url("completions")
-        self.supports_logprobs = self.supports_scoring = False
-        if not self.opts["logprobs"]:
-            self.unsupported["logprobs"] = "log-probs are switched off (options.logprobs: false)"
-            self.unsupported["scoring"] = self.unsupported["logprobs"]
-            return
-        ids = self.tokenizer.encode("Hello")
-        body = self._completion_body(ids, 1, top=1, stream=False)
-        try:
-            resp = self._call(lambda: self.client.post_json("completions", body))
-            steps = completion_steps(resp)
-            if steps:
-                self.supports_logprobs = True
-            else:
-                self.unsupported["logprobs"] = (f"the server at {url} returned no log-probs "
-                                                "(asked for logprobs=1 on /completions)")
-        except ServerRejected as exc:
-            self.unsupported["logprobs"] = f"the server refused a log-prob request: {exc}"
-        if not self.supports_logprobs:
-            self.unsupported["scoring"] = (f"no prompt log-probs either (teacher-forced scoring "
-                                           f"needs them): {self.unsupported['logprobs']}")
-            return
-        try:
-            self._score_rows(ids, 1)
-            self.supports_scoring = True
-        except (ServerRejected, NoPromptLogprobs) as exc:
-            how = "prompt_logprobs" if self.dialect == "vllm" else "echo + logprobs"
-            self.unsupported["scoring"] = (f"the server at {url} returned no prompt log-probs "
-                                           f"(asked with {how}): {exc}")
-
-    def _call(self, fn):
-        """Run one request; a server that does not answer is exit 3 with URL and timeout."""
+    def _call(self, fn, during: str):
+        """Run one request. A server that does not answer is exit 3: before it ever
+        answered, naming the URL and the timeout (BackendUnavailable); once it has, as a
+        server that stopped, with how many replies it gave and during what
+        (BackendStopped: the run stops there, keeping what was judged)."""
         try:
             return fn()
         except ServerDown as exc:
+            answered = self.client.answered
+            if answered:
+                raise BackendStopped(
+                    f"backend '{self.name}': the server at {self.client.base_url} answered "
+                    f"{answered} request{'s' if answered != 1 else ''}, then stopped "
+                    f"({exc.reason}) during {during}") from None
             raise BackendUnavailable(f"backend '{self.name}': server {exc}") from None
 
     # -- prompts ------------------------------------------------------------------
@@ -255,7 +235,8 @@ class OpenAIBackend(ServedScoring, Backend):
             path = "completions"
             body = self._completion_body(prompt, max_new_tokens + extra, top, stream, stop_ids)
         self.counts["requests"] += 1
-        reply = self._call(lambda: self._send(path, body, stream))
+        reply = self._call(lambda: self._send(path, body, stream),
+                           f"a {'streamed ' if stream else ''}generation on /{path}")
         return self._to_generation(prompt, reply, max_new_tokens, top_k, stop_ids)
 
     def _send(self, path: str, body: dict, stream: bool) -> Reply:

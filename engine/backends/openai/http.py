@@ -9,8 +9,10 @@ at once. Nothing here knows about models.
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +22,12 @@ RETRY_STATUSES = (429, 502, 503, 504)
 
 
 class ServerDown(Exception):
-    """The server did not answer (refused, reset, timed out) after every retry."""
+    """The server did not answer (refused, reset, timed out) after every retry, or a reply
+    broke off. `reason` is the short cause ("connection refused", "timed out")."""
+
+    def __init__(self, message: str, reason: str):
+        self.reason = reason
+        super().__init__(message)
 
 
 class ServerRejected(Exception):
@@ -43,6 +50,8 @@ class HttpClient:
         self.backoff_s = float(backoff_s)
         self.requests = 0            # requests sent, retries included
         self.retried = 0             # attempts that were retried
+        self.answered = 0            # replies received whole (any HTTP status)
+        self._lock = threading.Lock()
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
@@ -66,10 +75,12 @@ class HttpClient:
             if attempt:
                 self.retried += 1
                 time.sleep(min(self.backoff_s * (2 ** (attempt - 1)), 8.0))
-            self.requests += 1
+            with self._lock:
+                self.requests += 1
             try:
                 return urllib.request.urlopen(self._request(path, body), timeout=self.timeout_s)
             except urllib.error.HTTPError as exc:
+                self._answered()
                 text = _read_error(exc)
                 if exc.code in RETRY_STATUSES and attempt < self.retries:
                     last = f"HTTP {exc.code}"
@@ -79,7 +90,11 @@ class HttpClient:
                     OSError) as exc:
                 last = _reason(exc)
         raise ServerDown(f"{url} did not answer ({last}; timeout {self.timeout_s:g} s, "
-                         f"{self.retries + 1} attempt{'s' if self.retries else ''})")
+                         f"{self.retries + 1} attempt{'s' if self.retries else ''})", last)
+
+    def _answered(self) -> None:
+        with self._lock:
+            self.answered += 1
 
     def get_json(self, path: str) -> Any:
         return self._read_json(path, None)
@@ -99,7 +114,9 @@ class HttpClient:
                     self.retried += 1
                     continue
                 raise ServerDown(f"{url} stopped answering while sending its reply "
-                                 f"({_reason(exc)}; timeout {self.timeout_s:g} s)") from None
+                                 f"({_reason(exc)}; timeout {self.timeout_s:g} s)",
+                                 _reason(exc)) from None
+            self._answered()
             try:
                 return json.loads(raw.decode("utf-8"))
             except ValueError:
@@ -108,32 +125,42 @@ class HttpClient:
 
     def stream(self, path: str, body: dict) -> Iterator[tuple[float, Any]]:
         """POST and yield (perf_counter time of arrival, parsed JSON) per SSE `data:` event,
-        until `[DONE]` or the end of the stream. A stream that stalls for timeout_s, or
-        runs past its wall-clock deadline, raises ServerDown. Not retried once started."""
+        until `[DONE]` or the end of the stream. A stream that stalls for timeout_s, runs
+        past its wall-clock deadline, or ends before either `[DONE]` or an event with a
+        `finish_reason` (a server that died mid-reply) raises ServerDown. Not retried once
+        started."""
         url = self.url(path)
         deadline = time.perf_counter() + self.timeout_s * 20
         response = self._open(path, body)
         with response:
             ctype = response.headers.get("Content-Type", "")
             if "event-stream" not in ctype:  # a server that ignored stream: true
-                yield time.perf_counter(), json.loads(response.read().decode("utf-8"))
+                raw = response.read()
+                self._answered()
+                yield time.perf_counter(), json.loads(raw.decode("utf-8"))
                 return
+            finished = False
             while True:
                 try:
                     line = response.readline()
                 except (socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
                     raise ServerDown(f"{url} stalled mid-stream ({_reason(exc)}; timeout "
-                                     f"{self.timeout_s:g} s)") from None
+                                     f"{self.timeout_s:g} s)", _reason(exc)) from None
                 if not line:
+                    if not finished:   # neither [DONE] nor a finish_reason: cut off
+                        raise ServerDown(f"{url} closed the stream before its last event",
+                                         "the stream broke off")
+                    self._answered()
                     return
                 if time.perf_counter() > deadline:
                     raise ServerDown(f"{url} streamed past the deadline of "
-                                     f"{self.timeout_s * 20:g} s (20 x timeout_s)")
+                                     f"{self.timeout_s * 20:g} s (20 x timeout_s)", "timed out")
                 line = line.strip()
                 if not line.startswith(b"data:"):
                     continue
                 payload = line[5:].strip()
                 if payload == b"[DONE]":
+                    self._answered()
                     return
                 try:
                     event = json.loads(payload.decode("utf-8"))
@@ -141,7 +168,14 @@ class HttpClient:
                     raise ServerRejected(200, url, f"bad stream event: {payload[:200]!r}") from None
                 if isinstance(event, dict) and "error" in event and "choices" not in event:
                     raise ServerRejected(500, url, f"error in stream: {event['error']}")
+                finished = finished or _finishes(event)
                 yield time.perf_counter(), event
+
+
+def _finishes(event: Any) -> bool:
+    """Whether a stream event closes its choice (carries a finish_reason)."""
+    choices = event.get("choices") if isinstance(event, dict) else None
+    return any(isinstance(c, dict) and c.get("finish_reason") for c in choices or [])
 
 
 def _read_error(exc: urllib.error.HTTPError) -> str:
@@ -155,4 +189,10 @@ def _reason(exc: BaseException) -> str:
     reason = getattr(exc, "reason", None) or exc
     if isinstance(reason, (socket.timeout, TimeoutError)):
         return "timed out"
+    for kind, said in ((http.client.RemoteDisconnected, "connection closed without a reply"),
+                       (ConnectionRefusedError, "connection refused"),
+                       (ConnectionResetError, "connection reset"),
+                       (ConnectionAbortedError, "connection aborted")):
+        if isinstance(reason, kind):
+            return said
     return " ".join(str(reason).split())[:200] or type(reason).__name__

@@ -1,8 +1,8 @@
-"""Teacher-forced scoring through a server's prompt log-probs, and served tokens back to
-ids. A mixin of the openai runtime: vLLM's `prompt_logprobs` (ids in, ids out) or the
-legacy `echo` + `logprobs`, whose echoed tokens are matched to the prompt's ids one by
-one (some servers leave their BOS token out of the echo, or send a special token or an
-incomplete character as empty text)."""
+"""What a server can do (its log-prob probes), teacher-forced scoring through its prompt
+log-probs, and served tokens back to ids. A mixin of the openai runtime: vLLM's
+`prompt_logprobs` (ids in, ids out) or the legacy `echo` + `logprobs`, whose echoed
+tokens are matched to the prompt's ids one by one (some servers leave their BOS token out
+of the echo, or send a special token or an incomplete character as empty text)."""
 
 from __future__ import annotations
 
@@ -21,11 +21,15 @@ from specengine.backends.openai.replies import (FLOOR, NoPromptLogprobs, Step, c
 from specengine.backends.openai.tokens import align_echo, byte_decoder, is_byte_level
 
 TOKEN_ID = re.compile(r"^token_id:(-?\d+)$")
+# what the capability probes send: per-step log-probs for one token generated after the
+# first, prompt log-probs over the second (prompts that share no first token)
+PROBE = ("Hello", "The sky is blue.")
 
 
 class ServedScoring:
-    """Scoring and token-id mapping for a backend with `client`, `tokenizer`, `opts`,
-    `dialect`, `sampling`, `_text`, `_finish_body` and `_call` (the openai runtime)."""
+    """Capability probes, scoring and token-id mapping for a backend with `client`,
+    `tokenizer`, `opts`, `dialect`, `sampling`, `_text`, `_completion_body`, `_finish_body`
+    and `_call` (the openai runtime)."""
 
     _maps: tuple[dict, dict] | None = None
 
@@ -67,6 +71,48 @@ class ServedScoring:
             self._maps = (by_bytes, by_text)
         return self._maps
 
+    # -- what the server can do -------------------------------------------------------
+    def _probe_capabilities(self) -> None:
+        """Whether the server returns per-step log-probs (one token generated for PROBE[0])
+        and prompt log-probs (PROBE[1] scored). The two prompts differ from their first
+        token on: a server that replays a cached prompt gets no identical request in a row
+        (llama-cpp-python 0.3.36 answers a repeat of a one-token prompt from its cache
+        without a forward pass; the pip-built server then dies on the request after)."""
+        url = self.client.url("completions")
+        self.supports_logprobs = self.supports_scoring = False
+        if not self.opts["logprobs"]:
+            self.unsupported["logprobs"] = "log-probs are switched off (options.logprobs: false)"
+            self.unsupported["scoring"] = self.unsupported["logprobs"]
+            return
+        ids = self.tokenizer.encode(PROBE[0])
+        body = self._completion_body(ids, 1, top=1, stream=False)
+        try:
+            resp = self._call(lambda: self.client.post_json("completions", body),
+                              "the log-prob probe (/completions)")
+            steps = completion_steps(resp)
+            if steps:
+                self.supports_logprobs = True
+            else:
+                self.unsupported["logprobs"] = (f"the server at {url} returned no log-probs "
+                                                "(asked for logprobs=1 on /completions)")
+        except ServerRejected as exc:
+            self.unsupported["logprobs"] = f"the server refused a log-prob request: {exc}"
+        if not self.supports_logprobs:
+            self.unsupported["scoring"] = (f"no prompt log-probs either (teacher-forced scoring "
+                                           f"needs them): {self.unsupported['logprobs']}")
+            return
+        how = "prompt_logprobs" if self.dialect == "vllm" else "echo + logprobs"
+        scored = self.tokenizer.encode(PROBE[1])
+        try:
+            rows = self._call(lambda: self._score_rows(scored, 1),
+                              f"the prompt log-prob probe ({how} on /completions)")
+            if len(scored) > 1 and not any(rows[1:]):
+                raise NoPromptLogprobs("every prompt position came back empty")
+            self.supports_scoring = True
+        except (ServerRejected, NoPromptLogprobs) as exc:
+            self.unsupported["scoring"] = (f"the server at {url} returned no prompt log-probs "
+                                           f"(asked with {how}): {exc}")
+
     # -- teacher-forced scoring via prompt log-probs --------------------------------
     def score(self, prompt_ids: Sequence[int], target_ids: Sequence[int],
               gather_ids: np.ndarray, top_k: int) -> Scores:
@@ -76,7 +122,9 @@ class ServedScoring:
         full = [int(i) for i in prompt_ids] + [int(i) for i in target_ids]
         top = min(max(top_k, gather_ids.shape[1]), int(self.opts["max_logprobs"]))
         try:
-            rows = self._call(lambda: self._score_rows(full, top))
+            how = "prompt_logprobs" if self.dialect == "vllm" else "echo + logprobs"
+            rows = self._call(lambda: self._score_rows(full, top),
+                              f"teacher-forced scoring ({how} on /completions)")
         except ServerRejected as exc:
             raise BackendCrashed(f"backend '{self.name}': {exc}") from None
         except NoPromptLogprobs as exc:   # this sequence only: the check is not-run

@@ -14,7 +14,7 @@ from specengine.backends.base import ScoringUnavailable
 from specengine.backends.registry import config_for
 from specengine.compare import tokens as compare
 from specengine.compare.tolerances import coarser, dtype_class
-from specengine.errors import SpecEngineError
+from specengine.errors import BackendStopped, SpecEngineError
 from specengine.golden.store import golden_path
 from specengine.kinds.base import check_cases, described, finish_run, new_run, run_checks
 from specengine.kinds.causal_lm import paths
@@ -115,7 +115,15 @@ def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
         if note:
             run.notes.append(note)
         if perf:
-            run.perf = _measure_perf(session, spec, golden_dir)
+            try:
+                run.perf = _measure_perf(session, spec, golden_dir)
+            except BackendStopped as exc:   # the judged cases stay in the reports
+                exc.at("while measuring perf")
+                run.perf = {"status": ERROR, "failures": [exc.one_line()]}
+                run.candidate = session.side()
+                run.distribution = paths.spec_distribution(run.cases, spec.distribution)
+                exc.partial_run = finish_run(run, started)
+                raise
         run.candidate = session.side()
     finally:
         session.close()
