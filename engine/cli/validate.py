@@ -113,6 +113,7 @@ def spec_errors(path: str | Path) -> list[SpecEngineError]:
 
 def cli_main(args) -> int:
     from specengine.cli.checkall import spec_paths
+    from specengine.cli.output import plural
     from specengine.errors import UsageError, printable
     from specengine.spec import load_spec
 
@@ -130,7 +131,7 @@ def cli_main(args) -> int:
             continue
         spec = load_spec(path)
         if not getattr(args, "quiet", False):
-            print(f"ok {printable(path)} ({spec.name}: {len(spec.cases)} cases)")
+            print(f"ok {printable(path)} ({spec.name}: {plural(len(spec.cases), 'case')})")
     files = len(paths)
     if bad_files:
         # the summary goes with the "ok" lines on stdout; stderr holds the errors only
