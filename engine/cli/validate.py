@@ -17,25 +17,14 @@ from specengine.errors import SpecEngineError, SpecError
 
 
 def _schema_errors(located) -> list[SpecError]:
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import best_match
-
     from specengine.spec.checks import check_numbers
-    from specengine.spec.load import error_rank, schema, schema_error
+    from specengine.spec.load import schema_errors
 
     try:
         check_numbers(located)
     except SpecError as exc:
         return [exc]
-    validator = Draft202012Validator(schema("spec"))
-    out, seen = [], set()
-    for error in validator.iter_errors(located.data):
-        where = tuple(error.absolute_path)
-        if where in seen:
-            continue
-        seen.add(where)
-        out.append(schema_error(located, best_match([error], key=error_rank)))
-    return sorted(out, key=_position)
+    return schema_errors(located)
 
 
 def _position(exc) -> tuple[int, int]:

@@ -58,16 +58,29 @@ def parse_spec(text: str, file: str, base_dir: Path | None = None) -> Spec:
 
 
 def validate_schema(located: Located) -> None:
+    """SpecError for the first schema error in the file (by position): the same message
+    `specengine validate` prints first, so every command words one error one way."""
+    check_numbers(located)
+    errors = schema_errors(located)
+    if errors:
+        raise errors[0]
+
+
+def schema_errors(located: Located) -> list[SpecError]:
+    """Every schema error of a document, one per place (the most specific reason at
+    each), in file order."""
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
-    check_numbers(located)
     validator = Draft202012Validator(schema("spec"))
-    errors = list(validator.iter_errors(located.data))
-    if not errors:
-        return
-    error = best_match(errors, key=error_rank)
-    raise schema_error(located, error)
+    out, seen = [], set()
+    for error in validator.iter_errors(located.data):
+        where = tuple(error.absolute_path)
+        if where in seen:
+            continue
+        seen.add(where)
+        out.append(schema_error(located, best_match([error], key=error_rank)))
+    return sorted(out, key=lambda e: (e.line or 0, e.col or 0))
 
 
 def error_rank(error) -> tuple:
