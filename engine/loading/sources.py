@@ -85,6 +85,28 @@ def package_folder(package: str) -> Path | None:
     return Path(list(found.submodule_search_locations)[0])
 
 
+def package_url(folder: Path) -> str | None:
+    """`pkg://PACKAGE/sub` for a folder inside an installed top-level package (the
+    inverse of `resolve_path`), or None when the folder is in no package."""
+    import sys
+
+    folder = Path(folder).resolve()
+    here = {"", os.getcwd()}
+    for entry in sys.path:
+        if entry in here or not entry:
+            continue
+        try:
+            parts = folder.relative_to(Path(entry).resolve()).parts
+        except (ValueError, OSError):
+            continue
+        if not parts or not parts[0].isidentifier() or not parts[0].isascii():
+            continue
+        found = package_folder(parts[0])
+        if found is not None and found.resolve() == Path(entry).resolve() / parts[0]:
+            return "pkg://" + "/".join(parts)
+    return None
+
+
 def resolve(model: ModelSpec) -> ResolvedSource:
     """A ResolvedSource for any model spec; ModelSourceError (exit 2) when unusable."""
     if model.source == "synthetic":
