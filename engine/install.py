@@ -23,12 +23,16 @@ _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?")
 
 @lru_cache(maxsize=1)
 def _distribution():
-    from importlib.metadata import PackageNotFoundError, distribution
+    """The installed specengine's metadata: the one pip recorded an origin for, where
+    several are visible (a checkout's own build metadata, `specengine.egg-info`, is on
+    the path when Python runs from the checkout), else the first."""
+    from importlib.metadata import distributions
 
-    try:
-        return distribution(DIST)
-    except PackageNotFoundError:
-        return None
+    found = list(distributions(name=DIST))
+    for dist in found:
+        if dist.read_text("direct_url.json"):
+            return dist
+    return found[0] if found else None
 
 
 def origin() -> dict:

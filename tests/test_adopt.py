@@ -125,3 +125,36 @@ def test_install_hints_name_what_the_extra_brings(repo):
     onnx = next(line for line in out.splitlines() if line.strip().startswith("onnx:"))
     assert "pip install 'onnxruntime>=" in onnx and "extra 'onnx'" in onnx, onnx
     assert "specengine[" not in out, out
+
+
+def test_the_wheel_and_sdist_carry_what_a_run_needs(specengine_wheel):
+    import tarfile
+    import zipfile
+
+    from helpers import REPO
+
+    with zipfile.ZipFile(specengine_wheel) as zf:
+        names = set(zf.namelist())
+        shipped = zf.read("specengine/default/golden/smollm2-135m/cpu.json")
+        spec = zf.read("specengine/default/specs/smollm2-135m.yaml")
+    for needed in ("specengine/templates/report.html.j2", "specengine/schemas/spec.schema.json",
+                   "specengine/schemas/golden.schema.json", "specengine/cli/embedded.py"):
+        assert needed in names, needed
+    # one source of truth: the package's copies are the repository's files
+    assert shipped == (REPO / "golden" / "smollm2-135m" / "cpu.json").read_bytes()
+    assert spec == (REPO / "specs" / "smollm2-135m.yaml").read_bytes()
+    assert not any(n.startswith("specengine/default/specs/tiny") for n in names)
+    sdist = next(specengine_wheel.parent.glob("specengine-*.tar.gz"))
+    with tarfile.open(sdist) as tf:
+        members = {m.name.split("/", 1)[1] for m in tf.getmembers() if "/" in m.name}
+    assert {"specs/smollm2-135m.yaml", "golden/smollm2-135m/cpu.json", "schemas/spec.schema.json",
+            "engine/templates/report.html.j2", "pyproject.toml"} <= members
+
+
+def test_an_editable_checkout_is_told_to_install_its_extra_from_its_own_folder():
+    from helpers import REPO
+    from specengine.install import install_hint, origin
+
+    if origin()["how"] != "editable":
+        pytest.skip("this test venv has specengine installed otherwise")
+    assert install_hint("onnx") == f"pip install -e '{REPO}[onnx]'"
