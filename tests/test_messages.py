@@ -3,6 +3,7 @@ the same way, with file:line:col; YAML syntax errors are in plain words."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -50,3 +51,29 @@ def test_yaml_syntax_errors_in_plain_words(tmp_path, text, where, words):
         for jargon in ("<block end>", "scanning", "token", "stream"):
             assert jargon not in line, line
     assert_clean_error(cli("validate", spec, "-q"), 2)
+
+
+QUIET_PROBE = """
+import logging, sys
+from specengine.progress import quiet_libraries, silence_library_bars
+quiet_libraries()                       # what every command does first
+from tqdm.auto import tqdm
+for _ in tqdm(range(3), desc="A-LIBRARY-BAR"):
+    pass
+silence_library_bars()
+from transformers.utils import logging as hf_logging
+hf_logging.get_logger("transformers.modeling_utils").warning(
+    "\\x1b[1mLlamaForCausalLM LOAD REPORT\\x1b[0m from: x")
+"""
+
+
+def test_libraries_bars_and_colours_stay_out_of_a_log(tmp_path):
+    """Off a terminal (stderr to a pipe, as in CI), another library's tqdm bar draws
+    nothing and transformers' bold load report loses its escape codes."""
+    result = subprocess.run([sys.executable, "-c", QUIET_PROBE], capture_output=True, text=True,
+                            timeout=300, env={k: v for k, v in os.environ.items()
+                                              if k != "TQDM_DISABLE"})
+    assert result.returncode == 0, result.stderr
+    assert "A-LIBRARY-BAR" not in result.stderr, result.stderr
+    assert "LlamaForCausalLM LOAD REPORT from: x" in result.stderr, result.stderr
+    assert "\x1b" not in result.stderr
