@@ -229,7 +229,10 @@ def cmd_record(args) -> int:
         if not getattr(args, "quiet", False):
             from specengine.kinds.causal_lm.record_summary import summary_lines
 
-            for line in summary_lines(spec, path):
+            import dataclasses
+
+            recorded = spec if only is None else dataclasses.replace(spec, cases=only)
+            for line in summary_lines(recorded, path):
                 say(line)
     return EXIT_PASS
 
@@ -267,7 +270,7 @@ def cmd_run(args) -> int:
     from specengine.cli.embedded import default_spec, golden_dir_for
 
     def one(spec):
-        golden_dir = (args.golden_dir or golden_dir_for(spec.path, args.golden_dir)
+        golden_dir = (args.golden_dir or golden_dir_for(spec.path)
                       or default_golden_dir(spec.path))
         if not golden_path(golden_dir, spec.name, spec.reference).exists():
             path = record_golden(spec, spec.reference, golden_dir)

@@ -47,14 +47,15 @@ def default_spec() -> Path:
                      "specengine carries no embedded default: name a spec")
 
 
-def golden_dir_for(spec_path: Path, chosen: Path | None) -> Path | None:
+def golden_dir_for(spec_path: Path) -> Path | None:
     """The golden folder `run` uses for the embedded default when it came from the
-    package and none was chosen (--golden-dir, $SPECENGINE_GOLDEN_DIR): the shipped golden
-    when it is there, else ./golden. None: the usual rule applies."""
+    package and no folder was chosen ($SPECENGINE_GOLDEN_DIR; the caller handles
+    --golden-dir): the shipped golden when it is there, else ./golden. None: the usual
+    rule applies."""
     import os
 
     packaged = _packaged()
-    if chosen is not None or os.environ.get("SPECENGINE_GOLDEN_DIR") or packaged is None \
+    if os.environ.get("SPECENGINE_GOLDEN_DIR") or packaged is None \
             or Path(spec_path).resolve() != packaged.resolve():
         return None
     shipped = packaged.parent.parent / "golden"
