@@ -111,7 +111,8 @@ def port_venv(wheel: Path) -> Path:
     venv = cache_root() / "venvs" / f"port-{key}"
     with locked("port-venv"):
         if not (venv / ".ready").is_file():
-            shutil.rmtree(venv, ignore_errors=True)
+            for old in venv.parent.glob("port-*"):     # an older key's venv (a GB or so)
+                shutil.rmtree(old, ignore_errors=True)
             run([sys.executable, "-m", "venv", venv])
             # pytest: the port's own test runner, which hosts the plugin
             run([venv_bin(venv) / "pip", "install", "-q", "-c", COMPAT, f"{wheel}[torch]",
