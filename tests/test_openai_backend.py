@@ -487,7 +487,7 @@ def _serve_available() -> bool:
 def transformers_serve(smollm2_dir, tmp_path_factory):
     if not _serve_available():
         pytest.skip("transformers serve needs fastapi, uvicorn and openai: "
-                    "pip install 'specengine[test]'")
+                    "pip install -e '.[test]'")
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

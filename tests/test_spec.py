@@ -30,7 +30,8 @@ cases:
 """
 
 BROKEN = {
-    "yaml-syntax": ("specengine: 1\nname: x\nmodel: {path: a\ncases: []\n", 4, "YAML syntax"),
+    "yaml-syntax": ("specengine: 1\nname: x\nmodel: {path: a\ncases: []\n", 4,
+                    "the '{' opened at line 3, column 8 is not closed"),
     "unknown-key": ("specengine: 1\nname: x\nmodel: {path: a}\ncases:\n  - id: a\n    prompt: p\n"
                     "    promt: q\n", 7, "unknown key 'promt'"),
     "wrong-type": ("specengine: 1\nname: x\nmodel: {path: a}\ndefaults:\n  max_new_tokens: many\n"

@@ -11,6 +11,7 @@ import importlib
 from typing import Mapping
 
 from specengine.errors import BackendUnavailable, SpecEngineError, UsageError, brief
+from specengine.install import install_hint
 
 from specengine.backends.base import Backend, BackendConfig
 
@@ -115,7 +116,7 @@ def backend_class(config: BackendConfig, model_kind: str | None = None) -> type[
         missing = getattr(exc, "name", None) or str(exc)
         raise BackendUnavailable(
             f"backend '{config.name}' needs the {config.runtime} runtime, which is not "
-            f"installed ({missing} missing): pip install 'specengine[{_extra(config)}]'"
+            f"installed ({missing} missing): {install_hint(_extra(config))}"
         ) from None
     except Exception as exc:  # a runtime that fails while importing (a driver, a plugin)
         raise BackendUnavailable(f"backend '{config.name}' could not start: importing "

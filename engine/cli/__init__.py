@@ -13,12 +13,12 @@ from pathlib import Path
 from specengine import __version__
 from specengine.cli import migrate
 from specengine.cli.output import (backends_parser, configure_output, finish, output_args,
-    say, stdout_gone)
+    plural, say, stdout_gone)
 from specengine.errors import SpecEngineError, UsageError, printable
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
 
-DEFAULT_SPEC = "specs/smollm2-135m.yaml"
+DEFAULT_SPEC = "specs/smollm2-135m.yaml"    # the embedded default (cli.embedded)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perf", action="store_true", help="record the perf golden instead of the "
                    "output golden: the spec's perf: measurement on --backend, stored for its "
                    "device class (backend + device name + dtype) under GOLDEN_DIR/SPEC/perf/")
+    p.add_argument("--case", action="append", metavar="ID", help="record only this case "
+                   "(repeatable); the golden's other cases are kept byte for byte (re-recording "
+                   "a case it holds needs --update)")
+    p.add_argument("--tag", action="append", metavar="TAG", help="record only the cases with "
+                   "this tag (repeatable, any), as --case")
     _golden_dir_arg(p)
 
     p = sub.add_parser("check", help="check a candidate backend against the goldens")
@@ -218,23 +223,37 @@ def cmd_validate(args) -> int:
 
 def cmd_record(args) -> int:
     from specengine.golden.store import default_golden_dir
-    from specengine.run import record_golden, record_perf_golden
+    from specengine.run import record_golden, record_perf_golden, select_cases
 
     for spec in _specs(args.specs):
         golden_dir = args.golden_dir or default_golden_dir(spec.path)
         if args.perf:
+            if args.case or args.tag:
+                raise UsageError("--perf records the spec's perf section; --case / --tag "
+                                 "select output-golden cases")
             path = record_perf_golden(spec, args.backend or spec.reference, golden_dir, args.update)
             print(f"recorded perf golden {printable(path)}")
             continue
+        only = None
+        if args.case or args.tag:
+            only = select_cases(spec, args.case, args.tag)
+            if not only:
+                raise UsageError(f"{spec.path}: no case has tag "
+                                 f"{', '.join(map(repr, args.tag or []))}")
         path = record_golden(spec, args.backend or spec.reference, golden_dir, args.update,
-                             allow_inconsistent=args.allow_inconsistent_reference,
+                             allow_inconsistent=args.allow_inconsistent_reference, cases=only,
                              noise=tuple(dict.fromkeys(args.noise or ())),
                              allow_failing=args.allow_failing_expectations)
-        print(f"recorded {printable(path)} ({len(spec.cases)} cases)")
+        count = len(spec.cases if only is None else only)
+        print(f"recorded {printable(path)} ({plural(count, 'case')}"
+              f"{'' if only is None else ' recorded, the others kept'})")
         if not getattr(args, "quiet", False):
             from specengine.kinds.causal_lm.record_summary import summary_lines
 
-            for line in summary_lines(spec, path):
+            import dataclasses
+
+            recorded = spec if only is None else dataclasses.replace(spec, cases=only)
+            for line in summary_lines(recorded, path):
                 say(line)
     return EXIT_PASS
 
@@ -269,23 +288,21 @@ def cmd_run(args) -> int:
     args.json, args.markdown = out / "report.json", out / "report.md"
     args.html, args.junit = out / "report.html", out / "report.xml"
 
+    from specengine.cli.embedded import default_spec, golden_dir_for
+
     def one(spec):
-        golden_dir = args.golden_dir or default_golden_dir(spec.path)
+        golden_dir = (args.golden_dir or golden_dir_for(spec.path)
+                      or default_golden_dir(spec.path))
         if not golden_path(golden_dir, spec.name, spec.reference).exists():
             path = record_golden(spec, spec.reference, golden_dir)
             print(f"recorded {printable(path)} on {spec.reference}")
         cases = select_cases(spec, args.case, args.tag, args.expr)
-        return check_spec(spec, args.backend, golden_dir, None, cases, args.fail_fast)
+        run = check_spec(spec, args.backend, golden_dir, None, cases, args.fail_fast)
+        run.command = "run"
+        return run
 
-    runs, worst = each_spec(args.specs or [_default_spec()], args.backend, "check", one)
+    runs, worst = each_spec(args.specs or [str(default_spec())], args.backend, "run", one)
     return finish(runs, args, worst)
-
-
-def _default_spec() -> str:
-    if Path(DEFAULT_SPEC).is_file():
-        return DEFAULT_SPEC
-    raise UsageError(f"no SPEC given and no {DEFAULT_SPEC} here: run from a specengine "
-                     "checkout or name a spec")
 
 
 def cmd_report(args) -> int:
@@ -294,7 +311,8 @@ def cmd_report(args) -> int:
     runs = load_results(args.results)
     if not runs:
         raise UsageError(f"{args.results}: the results file holds no runs")
-    return finish(runs, args)
+    # the closing line gives the runs' own time, not the time this re-rendering took
+    return finish(runs, args, elapsed=sum(float(r.duration_s or 0.0) for r in runs))
 
 
 def cmd_schema(args) -> int:
@@ -310,7 +328,7 @@ def cmd_init(args) -> int:
     from specengine.cli.init_spec import init_spec
 
     path, spec = init_spec(args.model_dir, args.output, name=args.name, force=args.force)
-    print(f"wrote {printable(path)} ({spec.name}: {len(spec.cases)} cases)")
+    print(f"wrote {printable(path)} ({spec.name}: {plural(len(spec.cases), 'case')})")
     print(f"next: specengine record-golden {printable(path)} && specengine check "
           f"{printable(path)} --backend cpu-bf16")
     return EXIT_PASS

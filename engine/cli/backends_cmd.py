@@ -13,10 +13,10 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-# what each runtime needs importable, and the install hint when it is not
+# what each runtime needs importable, and specengine's extra that brings it
 _NEEDS = {
-    "torch": (("torch", "transformers"), "pip install 'specengine[torch]'"),
-    "onnx": (("torch", "transformers", "onnxruntime", "onnx"), "pip install 'specengine[onnx]'"),
+    "torch": (("torch", "transformers"), "torch"),
+    "onnx": (("torch", "transformers", "onnxruntime", "onnx"), "onnx"),
     "openai": ((), ""),
 }
 
@@ -41,7 +41,9 @@ def _importable(module: str) -> bool:
 
 
 def _probe(runtime: str, device: str) -> tuple[bool, str]:
-    needs, hint = _NEEDS.get(runtime, ((), ""))
+    from specengine.install import install_hint
+
+    needs, extra = _NEEDS.get(runtime, ((), ""))
     if runtime not in _NEEDS:
         from specengine.backends.registry import known_runtimes
 
@@ -49,11 +51,12 @@ def _probe(runtime: str, device: str) -> tuple[bool, str]:
             return False, f"unknown runtime '{runtime}'"
     missing = [m for m in needs if not _importable(m)]
     if missing:
-        return False, f"{', '.join(missing)} not installed: {hint}"
+        return False, f"{', '.join(missing)} not installed: {install_hint(extra)}"
     family = device.split(":")[0]
     if family == "npu":
         if not _importable("torch_npu"):
-            return False, "torch_npu not installed: pip install 'specengine[npu]' (Ascend CANN)"
+            return False, ("torch_npu not installed: the torch-npu release matching your torch, "
+                           "with the Ascend CANN toolkit")
         return True, ""
     if family == "cuda":
         import torch

@@ -43,11 +43,33 @@ TEXTS = ["The capital of France is Paris.", "法国的首都是巴黎。",
          "def add(a, b):\n    return a + b"]
 
 
-def spec_name(folder: Path) -> str:
-    """A valid spec name from a folder name: lower case, [a-z0-9._-] only."""
-    name = re.sub(r"[^a-z0-9._-]+", "-", folder.name.lower())
+def spec_name(folder: Path | str) -> str:
+    """A valid spec name from a name: lower case, [a-z0-9._-] only."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", Path(str(folder)).name.lower())
     name = re.sub(r"-{2,}", "-", name).strip("-._")
     return name[:100] or "model"
+
+
+# folder names that say nothing about the model inside
+GENERIC_NAMES = {"model", "models", "weights", "checkpoint", "checkpoints", "hf", "snapshot",
+                 "snapshots", "main", "latest", "final", "export", "output", "base"}
+
+
+def model_name(info: "ModelInfo") -> str:
+    """The spec's default name, after the model: a GGUF file's name; else the folder's,
+    unless the folder is named generically (`model`, `weights`, ...), in which case the
+    name the config was saved from (`_name_or_path`), else the folder above."""
+    if info.gguf:
+        return spec_name(Path(info.gguf).stem)
+    folder = info.folder.resolve()
+    if folder.name.lower() not in GENERIC_NAMES:
+        return spec_name(folder)
+    saved = str(info.config.get("_name_or_path") or "").rstrip("/")
+    if saved and "/" not in saved.split("/")[-1]:
+        name = spec_name(saved.split("/")[-1])
+        if name != "model" and name not in GENERIC_NAMES:
+            return name
+    return spec_name(folder.parent)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -135,8 +157,14 @@ def _q(text: str) -> str:
 
 
 def _path_for(folder: Path, spec_dir: Path) -> str:
-    """The model path as written in the spec: relative to the spec's folder when the
-    model is inside the current project, else absolute."""
+    """The model path as written in the spec: `pkg://PACKAGE/sub` for a folder inside an
+    installed package (it holds on every machine that installs the package), relative to
+    the spec's folder when the model is inside the current project, else absolute."""
+    from specengine.loading.sources import package_url
+
+    url = package_url(folder)
+    if url:
+        return url
     folder = folder.resolve()
     try:
         folder.relative_to(Path.cwd().resolve())
@@ -260,7 +288,7 @@ def init_spec(model_dir: str | os.PathLike, output: str | os.PathLike | None = N
         raise ModelSourceError(f"{info.folder} has no tokenizer files and a vocabulary of "
                                f"{info.vocab_size} ids, too small for the byte tokenizer "
                                f"(needs {BYTES_VOCAB_MIN}); add the model's tokenizer files")
-    name = name or spec_name(info.folder)
+    name = name or model_name(info)
     path = Path(output) if output else Path("specs") / f"{name}.yaml"
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; pass --force to overwrite it")

@@ -15,6 +15,11 @@ EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
 _STARTED: list[float] = []          # when the command started, for the closing line
 
 
+def plural(count: int, word: str) -> str:
+    """"1 case", "2 cases"."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                    help="colour the terminal output: auto (default) colours on a terminal "
@@ -33,9 +38,10 @@ def backends_parser(sub) -> None:
 
 
 def configure_output(args) -> None:
-    from specengine.progress import configure
+    from specengine.progress import configure, quiet_libraries
 
     _STARTED[:] = [time.perf_counter()]
+    quiet_libraries()
     configure(quiet=getattr(args, "quiet", False), verbose=getattr(args, "verbose", False),
               color=getattr(args, "color", "auto"))
 
@@ -60,20 +66,22 @@ def say(text: str) -> None:
         stdout_gone()
 
 
-def finish(runs, args, worst: int = EXIT_PASS) -> int:
+def finish(runs, args, worst: int = EXIT_PASS, elapsed: float | None = None) -> int:
     """Print the summary, write the reports; the exit code is the worst of the runs'
-    verdicts and `worst` (the exit code of specs that could not run)."""
-    return max(worst, _render_all(runs, args))
+    verdicts and `worst` (the exit code of specs that could not run). The closing line's
+    time is `elapsed`, else the time since the command started."""
+    return max(worst, _render_all(runs, args, elapsed))
 
 
-def _render_all(runs, args) -> int:
+def _render_all(runs, args, elapsed: float | None = None) -> int:
     from specengine.report import render_terminal, write_reports
 
     if not runs:
         raise UsageError("no case was selected")
     from specengine.progress import use_color
 
-    elapsed = time.perf_counter() - _STARTED[0] if _STARTED else None
+    if elapsed is None:
+        elapsed = time.perf_counter() - _STARTED[0] if _STARTED else None
     say(render_terminal(runs, color=use_color(sys.stdout), elapsed=elapsed,
                          quiet=getattr(args, "quiet", False),
                          verbose=getattr(args, "verbose", False)))

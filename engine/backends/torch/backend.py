@@ -32,8 +32,10 @@ class TorchBackend(Backend):
         try:
             import torch
         except ImportError:
+            from specengine.install import install_hint
+
             raise BackendUnavailable(f"backend '{config.name}' needs torch: "
-                                     "pip install 'specengine[torch]'") from None
+                                     f"{install_hint('torch')}") from None
         self.torch = torch
         self.model = None
         self.resolved = None

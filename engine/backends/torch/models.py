@@ -6,10 +6,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from specengine.errors import BackendCrashed, ModelSourceError, brief
+from specengine.errors import BackendCrashed, BackendUnavailable, ModelSourceError, brief
 from specengine.files import offline
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+# the first transformers release that knows each model type of specengine's own specs
+# that not every supported release knows (read from the releases' model registries)
+FIRST_RELEASE = {"qwen3_5": "5.2.0", "qwen3_5_text": "5.2.0", "qwen3_5_moe": "5.2.0",
+                 "qwen3_5_moe_text": "5.2.0"}
+
+
+def check_architecture(model_type: str, where: str = "") -> None:
+    """BackendUnavailable (exit 3, one line) when the installed transformers does not know
+    `model_type`: the runtime here lacks the architecture, and the message names the
+    release that has it where that is known."""
+    try:
+        import transformers
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    except ImportError:
+        return
+    if not model_type or model_type in CONFIG_MAPPING_NAMES:
+        return
+    needed = FIRST_RELEASE.get(model_type)
+    need = f"transformers >= {needed}" if needed else "a transformers release that knows it"
+    raise BackendUnavailable(f"model type '{model_type}' needs {need}; the installed "
+                             f"transformers {transformers.__version__} does not know it"
+                             + (f" [{where}]" if where else ""))
 
 
 def torch_dtype(name: str):
@@ -25,13 +48,16 @@ def load_torch_model(resolved, dtype: str = "float32", device: str = "cpu",
 
     offline()
     from transformers import AutoModel, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()     # specengine reports progress itself
+    from specengine.progress import silence_library_bars
+
+    silence_library_bars()     # specengine reports progress itself
 
     spec = resolved.spec
     factory = AutoModel if spec.kind == "embedding" else AutoModelForCausalLM
     refuse_silent_builtin(resolved, factory.__name__)
+    if not (spec.trust_remote_code and own_code(resolved.hf_dir)):
+        check_architecture(_model_type(resolved.hf_dir), spec.where)
     # weights_only: a pickled checkpoint (*.bin) may hold tensors and nothing else
     kwargs: dict[str, Any] = dict(dtype=torch_dtype(dtype), local_files_only=True,
                                   trust_remote_code=bool(spec.trust_remote_code),
@@ -90,6 +116,16 @@ def device_placement(model, requested: Any = None) -> dict[str, str]:
     if len(set(found.values())) == 1 and (not isinstance(requested, dict) or set(requested) == {""}):
         return {"": next(iter(found.values()))}
     return found
+
+
+def _model_type(hf_dir: Path) -> str:
+    import json
+
+    try:
+        config = json.loads((Path(hf_dir) / "config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return ""
+    return str(config.get("model_type") or "") if isinstance(config, dict) else ""
 
 
 def own_code(hf_dir: Path) -> dict[str, str]:

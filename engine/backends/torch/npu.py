@@ -23,7 +23,7 @@ class NpuBackend(TorchBackend):
             raise BackendUnavailable(
                 f"backend '{self.name}' needs torch_npu, which is not installed: install "
                 f"the torch-npu release matching torch {self.torch.__version__} and the "
-                "Ascend CANN toolkit (pip install 'specengine[npu]')") from None
+                "Ascend CANN toolkit (it never changes the torch that is installed)") from None
         except Exception as exc:  # CANN libraries missing, driver mismatch, ...
             raise BackendUnavailable(f"backend '{self.name}': torch_npu failed to load: "
                                      f"{brief(exc, 200)}") from None

@@ -24,8 +24,10 @@ def _torch():
     try:
         import torch
     except ImportError:
+        from specengine.install import install_hint
+
         raise BackendUnavailable("the float64 oracle of ops specs needs torch: "
-                                 "pip install 'specengine[torch]'") from None
+                                 f"{install_hint('torch')}") from None
     return torch
 
 
