@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from specengine import __version__
-from specengine.cli import migrate
-from specengine.cli.output import (backends_parser, configure_output, finish, output_args,
+from specengine.cli import analysis, migrate
+from specengine.cli.output import (backends_parser, golden_dir_arg, configure_output, finish, output_args,
     plural, say, stdout_gone)
 from specengine.errors import SpecEngineError, UsageError, printable
 
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "a case it holds needs --update)")
     p.add_argument("--tag", action="append", metavar="TAG", help="record only the cases with "
                    "this tag (repeatable, any), as --case")
-    _golden_dir_arg(p)
+    golden_dir_arg(p)
 
     p = sub.add_parser("check", help="check a candidate backend against the goldens")
     p.add_argument("specs", nargs="+", metavar="SPEC")
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "case with a flagged layer gets a warning): "
                    "per-layer errors against the golden's layer sketch (or the --against "
                    "backend's hidden states) and the first layer that drifts, in every report")
-    _golden_dir_arg(p)
+    golden_dir_arg(p)
     _report_args(p)
     _selection_args(p)
 
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-dir", default="reports", help="folder for report.html / .md / "
                    ".json / .xml (default ./reports)")
     _annotations_arg(p)
-    _golden_dir_arg(p)
+    golden_dir_arg(p)
     _selection_args(p)
 
     p = sub.add_parser("report", help="re-render a results JSON without running anything")
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     _report_args(p)
 
     sub.add_parser("schema", help="print the spec JSON Schema (for editors)")
-    _localize_parsers(sub)
+    analysis.add_parsers(sub)
     backends_parser(sub)
 
     p = sub.add_parser("init", help="write a starter spec for a local Hugging Face model folder")
@@ -116,13 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
     for p in sub.choices.values():
         output_args(p)
     return parser
-
-
-def _golden_dir_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--golden-dir", type=Path, default=None, help="golden folder (default: "
-                   "$SPECENGINE_GOLDEN_DIR, else the golden/ folder nearest the spec: in its "
-                   "folder or one above, else in its project root, the folder holding .git or "
-                   "pyproject.toml)")
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
@@ -334,71 +327,9 @@ def cmd_init(args) -> int:
     return EXIT_PASS
 
 
-def _localize_parsers(sub) -> None:
-    """`localize` and `calibrate` (kinds.causal_lm.localize, kinds.causal_lm.calibrate)."""
-    p = sub.add_parser("localize", help="find the first layer where a candidate drifts: "
-                       "per-layer hidden-state errors against a live reference or the golden's "
-                       "layer sketch (exit 1 when a layer is flagged)")
-    p.add_argument("spec", metavar="SPEC", help="spec file")
-    p.add_argument("--backend", required=True, help="candidate backend")
-    p.add_argument("--against", metavar="BACKEND", help="reference backend run live (full "
-                   "hidden states); default: the golden's layer sketch alone")
-    p.add_argument("--case", action="append", metavar="ID", help="case to localize "
-                   "(repeatable; default: every case)")
-    p.add_argument("--path", choices=("prefill", "decode"), default="prefill",
-                   help="prefill (default): per-layer states of the one-pass forward against "
-                   "the reference; decode: at the first bad decode step, the candidate's "
-                   "incremental-decode states against its own one-pass states at that position")
-    p.add_argument("--growth", type=float, default=4.0, metavar="K", help="flag a layer whose "
-                   "rel_err is at least K x the previous layer's (default 4)")
-    p.add_argument("--floor", type=float, default=None, metavar="F", help="and at least F "
-                   "(default: 25 x the unit roundoff of the coarser dtype, at least 0.001)")
-    p.add_argument("--json", type=Path, metavar="PATH", help="write the localizations as JSON")
-    p.add_argument("--html", type=Path, metavar="PATH", help="write an HTML page with the "
-                   "per-layer charts")
-    _golden_dir_arg(p)
-
-    p = sub.add_parser("calibrate", help="measure the noise between two good backends and "
-                       "propose tolerances (--write puts them into the spec)")
-    p.add_argument("spec", metavar="SPEC", help="spec file")
-    p.add_argument("--backend", required=True, help="one good backend (the candidate side)")
-    p.add_argument("--against", metavar="BACKEND", help="the other good backend, run live; "
-                   "default: the spec's golden")
-    p.add_argument("--case", action="append", metavar="ID", help="calibrate on these cases "
-                   "only (repeatable; default: every case)")
-    p.add_argument("--headroom", type=float, default=2.0, metavar="X", help="proposed upper "
-                   "limits are the max observed x X (default 2)")
-    p.add_argument("--write", action="store_true", help="write the proposal into the spec's "
-                   "defaults.tolerance, keeping comments and layout; the spec is validated")
-    p.add_argument("--json", type=Path, metavar="PATH", help="write the measurement and the "
-                   "proposal as JSON")
-    _golden_dir_arg(p)
-
-
-def cmd_localize(args) -> int:
-    return _kind_command(args, "localize", "localize works on causal-lm specs (this one is "
-                                           "kind: {kind})")
-
-
-def cmd_calibrate(args) -> int:
-    return _kind_command(args, "calibrate", "calibrate proposes causal-lm tolerances (this "
-                                            "spec is kind: {kind})")
-
-
-def _kind_command(args, column: str, refusal: str) -> int:
-    """A command only some kinds have (the kind table's `column`), on one spec."""
-    from specengine.run import kind_of
-
-    spec = _specs([args.spec])[0]
-    command = getattr(kind_of(spec), column)
-    if command is None:
-        raise UsageError(f"{spec.path}: {refusal.format(kind=spec.kind)}")
-    return command(args, lambda targets: [spec])
-
-
 COMMANDS = {"validate": cmd_validate, "record-golden": cmd_record, "check": cmd_check,
             "run": cmd_run, "report": cmd_report, "schema": cmd_schema, "init": cmd_init}
-COMMANDS.update({"localize": cmd_localize, "calibrate": cmd_calibrate,
+COMMANDS.update({"localize": analysis.cmd_localize, "calibrate": analysis.cmd_calibrate,
                  "migrate": migrate.cli_main})
 
 

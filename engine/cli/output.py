@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from specengine.errors import UsageError, printable
 
@@ -28,6 +29,13 @@ def output_args(p: argparse.ArgumentParser) -> None:
                    "shows failing cases and the closing line only")
     p.add_argument("-v", "--verbose", action="store_true", help="more detail: every check "
                    "of every case in the summary")
+
+
+def golden_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--golden-dir", type=Path, default=None, help="golden folder (default: "
+                   "$SPECENGINE_GOLDEN_DIR, else the golden/ folder nearest the spec: in its "
+                   "folder or one above, else in its project root, the folder holding .git or "
+                   "pyproject.toml)")
 
 
 def backends_parser(sub) -> None:
