@@ -93,14 +93,13 @@ class Side:
                    modeling=env.get("modeling", {}), **model)
 
     @classmethod
-    def from_golden(cls, data: dict) -> "Side":
-        """The recording side of a golden: its `recorded_with` and `model` entries."""
+    def of_recording(cls, recorded_with: dict, fingerprint: str = "", source: str = ""
+                     ) -> "Side":
+        """The recording side of a golden: what it says recorded it, and its model."""
         allowed = set(cls.__dataclass_fields__)
-        side = cls(**{k: v for k, v in dict(data.get("recorded_with", {})).items()
-                      if k in allowed})
-        model = data.get("model") or {}
-        side.model_fingerprint = model.get("fingerprint", side.model_fingerprint)
-        side.model_source = model.get("source", side.model_source)
+        side = cls(**{k: v for k, v in dict(recorded_with or {}).items() if k in allowed})
+        side.model_fingerprint = fingerprint or side.model_fingerprint
+        side.model_source = source or side.model_source
         return side
 
     def recorded(self) -> dict[str, Any]:

@@ -1,19 +1,26 @@
-"""Running specs: the one table of kinds, and the two entry points every command uses.
+"""Running specs: the one table of kinds, and the entry points every command uses.
 
-A spec's kind (spec.keys: causal-lm, embedding, ops) picks its row in `KINDS`; the row's
-functions record goldens and check candidates. Each kind lives in its own package under
-`kinds/` and plugs into the shared skeleton of `kinds.base`.
+A spec's kind (spec.keys: causal-lm, embedding, ops) picks its row in `KINDS`: a `Kind`
+whose hooks the one skeleton of `kinds.base` calls — `check_spec` builds a CheckRequest
+and runs `kinds.base.check`, `record_golden` a RecordRequest and `kinds.base.record`.
+Each kind lives in its own package under `kinds/`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import tempfile
 from pathlib import Path
 from typing import Callable
 
-from specengine.kinds import causal_lm, embedding, ops
+from specengine.backends.registry import config_for
 from specengine.errors import UsageError
-from specengine.kinds.base import Kind, select_cases
+from specengine.golden.store import merge_records
+from specengine.kinds import causal_lm, embedding, ops
+from specengine.kinds.base import (CheckOptions, CheckRequest, Kind, RecordRequest, check,
+                                   record)
+from specengine.kinds.policy import select_cases
 from specengine.results import RunResult
 from specengine.spec import AnyCase, Spec
 
@@ -21,10 +28,24 @@ __all__ = ["KINDS", "check_spec", "kind_of", "record_golden", "record_perf_golde
            "select_cases"]
 
 KINDS: dict[str, Kind] = {kind.name: kind for kind in (causal_lm.KIND, embedding.KIND, ops.KIND)}
+RECORD_FLAGS = {"noise": "noise", "allow_failing": "allow-failing-expectations"}
 
 
 def kind_of(spec: Spec) -> Kind:
     return KINDS[spec.kind]
+
+
+def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
+               against: str | None = None, cases: list[AnyCase] | None = None,
+               fail_fast: bool = False, perf: bool = False,
+               localize: bool | str = False) -> RunResult:
+    """Check a candidate backend against the golden (or a live reference backend
+    `against`); with `perf`, measure it too; with `localize`, localize each failing case
+    ("all": every case)."""
+    request = CheckRequest(spec, config_for(backend_name, spec.backends).name,
+                           tuple(spec.cases if cases is None else cases), golden_dir, against,
+                           CheckOptions(fail_fast, perf, localize))
+    return check(kind_of(spec), request)
 
 
 def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool = False,
@@ -42,38 +63,27 @@ def record_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool 
         raise UsageError(f"{spec.path}: {flags} apply to causal-lm goldens, not to "
                          f"{spec.kind} ones")
     given = {k: v for k, v in options.items() if k in kind.record_options}
+    name = config_for(backend_name, spec.backends).name
     if cases is None:
-        return kind.record(spec, backend_name, golden_dir, update, echo, allow_inconsistent,
-                           **given)
-    return _record_some(spec, backend_name, golden_dir, update, echo, allow_inconsistent,
-                        cases, given)
+        return record(kind, RecordRequest(spec, name, Path(golden_dir), update, echo,
+                                          allow_inconsistent, given))
+    return _record_some(kind, RecordRequest(spec, name, Path(golden_dir), update, echo,
+                                            allow_inconsistent, given), list(cases))
 
 
-RECORD_FLAGS = {"noise": "noise", "allow_failing": "allow-failing-expectations"}
-
-
-def _record_some(spec: Spec, backend_name: str, golden_dir: Path, update: bool,
-                 echo: Callable[[str], None], allow_inconsistent: bool,
-                 cases: list[AnyCase], options: dict) -> Path:
+def _record_some(kind: Kind, req: RecordRequest, cases: list[AnyCase]) -> Path:
     """The kind records a spec holding only `cases` into a scratch folder (its whole
     record path: consistency refusal, expectations, noise, provenance); the new records
     are then merged into the golden (`merge_records`)."""
-    import dataclasses
-    import tempfile
-
-    from specengine.backends.registry import config_for
-    from specengine.golden.store import golden_path, merge_records
-
     if not cases:
-        raise UsageError(f"{spec.path}: no case selected to record")
-    name = config_for(backend_name, spec.backends).name
-    path = golden_path(golden_dir, spec.name, name)
-    only = dataclasses.replace(spec, cases=list(cases))
+        raise UsageError(f"{req.spec.path}: no case selected to record")
+    path = req.path
+    only = dataclasses.replace(req.spec, cases=list(cases))
     with tempfile.TemporaryDirectory(prefix=".record-", dir=_scratch_parent(path)) as tmp:
-        recorded = kind_of(spec).record(only, name, Path(tmp), False, echo, allow_inconsistent,
-                                        **options)
+        recorded = record(kind, dataclasses.replace(req, spec=only, golden_dir=Path(tmp),
+                                                    update=False))
         new = json.loads(Path(recorded).read_text("utf-8"))
-    return merge_records(path, new, update, echo)
+    return merge_records(path, new, req.update, req.echo)
 
 
 def _scratch_parent(path: Path) -> Path | None:
@@ -84,15 +94,6 @@ def _scratch_parent(path: Path) -> Path | None:
     return None
 
 
-def check_spec(spec: Spec, backend_name: str, golden_dir: Path | None = None,
-               against: str | None = None, cases: list[AnyCase] | None = None,
-               fail_fast: bool = False, perf: bool = False, localize: bool = False) -> RunResult:
-    """Check a candidate backend against the golden (or a live reference backend `against`);
-    with `perf`, measure it too; with `localize`, localize each failing case."""
-    return kind_of(spec).check(spec, backend_name, golden_dir, against, cases, fail_fast,
-                               perf, localize)
-
-
 def record_perf_golden(spec: Spec, backend_name: str, golden_dir: Path,
                        update: bool = False) -> Path:
     """`record-golden --perf`, for the kinds that keep perf goldens."""
@@ -101,3 +102,6 @@ def record_perf_golden(spec: Spec, backend_name: str, golden_dir: Path,
         raise UsageError(f"{spec.path}: perf goldens are for causal-lm specs; an "
                          f"{spec.kind} spec's perf is measured by `check --perf`")
     return kind.record_perf(spec, backend_name, golden_dir, update)
+
+
+

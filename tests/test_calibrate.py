@@ -10,7 +10,8 @@ import os
 import pytest
 
 from helpers import REPO, cli, load_json, perturb_model, write_spec
-from specengine.kinds.causal_lm.calibrate import CaseSample, ceil_sig, propose, samples_of, write_tolerances
+from specengine.kinds.causal_lm.calibrate import CaseSample, ceil_sig, propose, samples_of
+from specengine.spec.migrate import write_tolerances
 from specengine.errors import SpecError
 from specengine.results import CaseResult, Check, RunResult, Side
 from specengine.spec import Tolerance, load_spec

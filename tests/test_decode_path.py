@@ -222,8 +222,8 @@ cases:
     # the golden still loads and verifies (the field is part of its hashed content)
     from specengine.kinds.causal_lm.golden import load_golden
 
-    assert load_golden(gdir / "smollm2-badref" / "cpu.json", "smollm2-badref").data[
-        "inconsistent_reference"]
+    assert load_golden(gdir / "smollm2-badref" / "cpu.json",
+                       "smollm2-badref").inconsistent_reference
 
 
 def test_localize_decode_path_names_the_layer(spec_file):

@@ -624,8 +624,8 @@ def test_special_files_as_specs_and_goldens_are_one_line(special_files, name):
     from specengine.kinds.embedding.golden import load_embedding_golden
     from specengine.errors import GoldenError
     from specengine.kinds.causal_lm.golden import load_golden
-    from specengine.kinds.ops.run import load_ops_golden
-    from specengine.kinds.causal_lm.perf_gate import load_perf_golden
+    from specengine.kinds.ops.golden import load_ops_golden
+    from specengine.kinds.causal_lm.perf_golden import load_perf_golden
 
     path = special_files / name
     start = time.perf_counter()

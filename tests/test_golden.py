@@ -6,7 +6,7 @@ import pytest
 
 from helpers import TINY_MODEL, assert_clean_error, cli, load_json, write_spec
 from specengine.errors import GoldenError, UsageError
-from specengine.kinds.causal_lm.golden import build_golden, load_golden, step_record
+from specengine.kinds.causal_lm.golden import build_golden, load_data, load_golden, step_record
 from specengine.golden.store import dumps, golden_path, write_golden
 
 TINY = """\
@@ -38,7 +38,7 @@ def test_dump_is_reviewable_and_verifiable(tmp_path):
     assert list(json.loads(text)) == sorted(json.loads(text))
     path = golden_path(tmp_path, "demo", "cpu")
     write_golden(path, data)
-    assert load_golden(path, "demo").data == data
+    assert load_data(path, "demo") == data
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]   # no temp left
 
 

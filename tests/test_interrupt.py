@@ -69,7 +69,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 def _new_tokens(path: Path) -> set[int]:
     golden = load_golden(path, "tiny-interrupt")      # raises unless complete and intact
-    return {case["settings"]["max_new_tokens"] for case in golden.cases.values()}
+    return {case.settings["max_new_tokens"] for case in golden.cases.values()}
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 from fault_backend import publish_figures, run_cli
 from helpers import TINY_MODEL, assert_clean_error, cli, write_spec
-from specengine.kinds.causal_lm.golden import build_golden, load_golden
+from specengine.kinds.causal_lm.golden import build_golden, load_data, load_golden
 from specengine.golden.store import golden_path, write_golden
 from specengine.spec import load_spec
 
@@ -94,7 +94,7 @@ def test_golden_size_is_linear_in_the_cases(tmp_path):
                      "--allow-failing-expectations")
     record_s = time.perf_counter() - start
     assert result.rc == 0, result.text
-    real = load_golden(tmp_path / "g" / "lin" / "cpu.json", "lin").data
+    real = load_data(tmp_path / "g" / "lin" / "cpu.json", "lin")
     records = list(real["cases"].values())
     sizes, loads = {}, {}
     for n in (100, 1000):

@@ -15,6 +15,7 @@ from specengine.compare.tolerances import DEFAULTS, FLOAT32, HALF, NOISE_FLOORS
 from specengine.errors import GoldenError, SpecError
 from specengine.kinds.causal_lm.batch import filler
 from specengine.kinds.causal_lm.expect import expectation_checks
+from specengine.kinds.causal_lm.golden import CaseNoise, LmCaseRecord, Steps
 from specengine.kinds.causal_lm.limits import case_limits
 from specengine.spec import parse_spec
 from specengine.spec.migrate import migrate_text
@@ -86,18 +87,24 @@ def test_relative_limits_match_a_numpy_oracle():
         assert "× float32 noise" in lim.origin("kl_max")
 
 
+def _record(noise: dict | None = None) -> LmCaseRecord:
+    return LmCaseRecord("a", "x", "p", (1,), "t", {}, Steps.rounded([[1]], [[-0.1]], [-2.0]),
+                        prompt_ids=(5,),
+                        noise={k: CaseNoise.decode_from(v) for k, v in (noise or {}).items()})
+
+
 def test_a_relative_limit_without_its_noise_is_a_golden_error_naming_the_command(tmp_path):
     spec = _spec(tmp_path)
     with pytest.raises(NoiseNotRecorded):
         spec.limits(spec.cases[0], FLOAT32)
     with pytest.raises(GoldenError) as info:
-        case_limits(spec, spec.cases[0], FLOAT32, FLOAT32, "cpu", {"hash": "x"}, "golden g.json")
+        case_limits(spec, spec.cases[0], FLOAT32, FLOAT32, "cpu", _record(), "golden g.json")
     text = info.value.one_line()
     assert "record-golden" in text and "--noise float32" in text and "kl_mean_max" in text
     # with the golden's noise the same case resolves, per path, with ratios
-    record = {"noise": {"float32": {
+    record = _record({"float32": {
         "prefill": {"kl_mean": 1e-7, "kl_max": 5e-7, "max_abs_dlogprob": 4e-5},
-        "decode": {"kl_mean": 5e-8, "kl_max": 3e-7, "max_abs_dlogprob": 2e-6}}}}
+        "decode": {"kl_mean": 5e-8, "kl_max": 3e-7, "max_abs_dlogprob": 2e-6}}})
     lim = case_limits(spec, spec.cases[0], FLOAT32, FLOAT32, "cpu", record)
     assert lim.prefill.values.kl_mean_max == pytest.approx(5e-7 if 5e-7 > 2e-6 else 2e-6)
     assert lim.prefill.values.logprob_atol == pytest.approx(max(10 * 4e-5, 1e-3))
@@ -105,7 +112,7 @@ def test_a_relative_limit_without_its_noise_is_a_golden_error_naming_the_command
     ratios = lim.ratios("prefill", {"kl_mean": 3e-7, "kl_max": 5e-7, "max_abs_dlogprob": 8e-5})
     assert ratios == pytest.approx({"kl_mean": 3.0, "kl_max": 1.0, "max_abs_dlogprob": 2.0})
     # a half comparison needs no float32 noise
-    assert case_limits(spec, spec.cases[0], HALF, HALF, "cpu", {}).klass == HALF
+    assert case_limits(spec, spec.cases[0], HALF, HALF, "cpu", _record()).klass == HALF
 
 
 def test_a_flat_block_is_refused_where_it_stands(tmp_path):

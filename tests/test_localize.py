@@ -20,7 +20,7 @@ from specengine.kinds.causal_lm import layers as LC
 from specengine.kinds.causal_lm import localize as LZ
 from specengine.compare import sketch as S
 from specengine.errors import GoldenError
-from specengine.kinds.causal_lm.golden import build_golden, load_golden
+from specengine.kinds.causal_lm.golden import build_golden, load_data, load_golden
 from specengine.golden.store import dumps, write_golden
 from specengine.spec import schema
 
@@ -190,7 +190,7 @@ def test_golden_with_sketch_is_reviewable_valid_and_hashed(tmp_path):
     assert len(lines) == 4 and all('"v": [' in ln and '"norms": [' in ln for ln in lines)  # one per line
     path = tmp_path / "demo" / "cpu.json"
     write_golden(path, data)
-    assert load_golden(path, "demo").cases["a"]["sketch"] == case["sketch"]
+    assert load_golden(path, "demo").case("a").sketch == case["sketch"]
     first_v = case["sketch"]["layers"][1]["v"][0]
     path.write_text(text.replace(f'"v": [{first_v}', f'"v": [{first_v + 0.5}', 1))
     with pytest.raises(GoldenError, match="edited by hand"):
@@ -199,7 +199,7 @@ def test_golden_with_sketch_is_reviewable_valid_and_hashed(tmp_path):
     del case["sketch"]
     old = build_golden("demo", "cpu", "sha256:abc", "synthetic", {"backend": "cpu"}, {"a": case})
     write_golden(path, old)
-    assert "sketch" not in load_golden(path, "demo").cases["a"]
+    assert load_golden(path, "demo").case("a").sketch is None
 
 
 # --- report ------------------------------------------------------------------------------
@@ -359,7 +359,7 @@ def test_golden_sketch_check_localize_and_localize_on_tiny_model(tiny, tmp_path)
 
 def test_localize_against_a_golden_without_sketch_is_exit_2(tiny, tmp_path):
     spec, gdir = tiny
-    src = load_golden(gdir / "tiny-loc" / "cpu.json", "tiny-loc").data
+    src = load_data(gdir / "tiny-loc" / "cpu.json", "tiny-loc")
     cases = {cid: {k: v for k, v in c.items() if k != "sketch"} for cid, c in src["cases"].items()}
     old = build_golden(src["spec"], src["backend"], src["model"]["fingerprint"],
                        src["model"]["source"], src["recorded_with"], cases)
@@ -413,7 +413,7 @@ def smol(smollm2_dir, tmp_path_factory):
 def test_committed_golden_carries_layer_sketches():
     golden = load_golden(REPO / "golden" / "smollm2-135m" / "cpu.json", "smollm2-135m")
     for cid, case in golden.cases.items():
-        sketch = case["sketch"]
+        sketch = case.sketch
         assert [layer["name"] for layer in sketch["layers"]] == L.layer_names(30), cid
         assert sketch["length"] == len(LC.teacher_forced_ids(case)), cid
 
@@ -423,13 +423,17 @@ def test_localize_names_the_flipped_layer_on_smollm2(smol):
     from specengine.loading.session import open_session
     from specengine.spec import load_spec
 
-    from specengine.kinds.causal_lm.golden import check_staleness as _check_staleness
+    from specengine.kinds.causal_lm.golden import staleness
+    from specengine.loading.session import prompt_ids_for, reference_source, tokenizer_for
 
     spec_path, gdir = smol
     spec = load_spec(spec_path)
     golden = load_golden(gdir / "smollm2-135m" / "cpu.json", "smollm2-135m")
-    _check_staleness(spec, golden, "cpu", spec.cases)            # the golden fits the spec
-    golden.data["cases"] = {c.id: golden.cases[c.id] for c in spec.cases}
+    tok = tokenizer_for(spec)
+    verdict = staleness(golden, reference_source(spec, "cpu").fingerprint,
+                        [(c, prompt_ids_for(tok, c)) for c in spec.cases], str(spec_path))
+    golden = verdict.raise_if_stale()                            # the golden fits the spec
+    golden = golden.with_cases({c.id: golden.case(c.id) for c in spec.cases})
     ref = open_session(spec, "cpu")
     try:
         ref_states = {cid: LC.capture(ref.backend, LC.teacher_forced_ids(rec))

@@ -15,7 +15,8 @@ from specengine.errors import GoldenError, UsageError
 from specengine.kinds.causal_lm.perf import (BatchSamples, PerfSettings, device_class,
                                              judge_budgets, judge_regression, measure,
                                              perf_prompts, relative_iqr, slowdown, summarise)
-from specengine.kinds.causal_lm.perf_gate import load_perf_golden, perf_golden_path
+from specengine.kinds.causal_lm.perf_golden import (load_perf_data, load_perf_golden, medians,
+                                                    perf_golden_path)
 
 TESTS = Path(__file__).resolve().parent
 
@@ -67,11 +68,15 @@ def test_budgets_impossible_and_lax():
     assert judge_budgets(rows, None, only8) == ["batch 8: TTFT p50 40 ms > budget 20 ms"]
 
 
+def _m(rows):
+    return [medians(r) for r in rows]
+
+
 def test_regression_rule():
     golden = [row(1, ttft=10.0, tpot=5.0, tps=100.0, spread=0.02)]
     # 30% slower, quiet runs: fails on all three medians
     slow = [row(1, ttft=13.0, tpot=6.5, tps=100 / 1.3, spread=0.02)]
-    regs = judge_regression(slow, golden, 0.10)
+    regs = judge_regression(_m(slow), _m(golden), 0.10)
     assert [r.metric for r in regs if r.regressed] == ["ttft_ms", "tpot_ms", "tokens_per_s"]
     assert regs[1].slowdown == pytest.approx(0.3)
     assert regs[1].allowed == pytest.approx(0.10)
@@ -79,14 +84,14 @@ def test_regression_rule():
     # the same slowdown on a noisy machine (rIQR 0.2 on each side) stays within the spread
     noisy_g = [row(1, ttft=10.0, tpot=5.0, tps=100.0, spread=0.2)]
     noisy_c = [row(1, ttft=13.0, tpot=6.5, tps=100 / 1.3, spread=0.2)]
-    regs = judge_regression(noisy_c, noisy_g, 0.10)
+    regs = judge_regression(_m(noisy_c), _m(noisy_g), 0.10)
     assert not any(r.regressed for r in regs)
     assert regs[0].spread == pytest.approx(0.4) and regs[0].allowed == pytest.approx(0.4)
     # spread_k 0: only regression_max counts
-    assert all(r.regressed for r in judge_regression(noisy_c, noisy_g, 0.10, spread_k=0))
+    assert all(r.regressed for r in judge_regression(_m(noisy_c), _m(noisy_g), 0.10, spread_k=0))
     # faster is never a regression; batch sizes missing from the golden are skipped
     fast = [row(1, ttft=5.0, tpot=2.0, tps=300.0), row(4)]
-    regs = judge_regression(fast, golden, 0.0)
+    regs = judge_regression(_m(fast), _m(golden), 0.0)
     assert len(regs) == 3 and not any(r.regressed for r in regs)
     assert slowdown("tokens_per_s", 100.0, 50.0) == pytest.approx(1.0)
     assert slowdown("tpot_ms", 5.0, 10.0) == pytest.approx(1.0)
@@ -285,8 +290,9 @@ def test_relative_gate_catches_a_slowed_backend(env):
     assert rc == 0, text
     files = list((golden / "tiny-perf" / "perf").glob("steady--*--float32.json"))
     assert len(files) == 1
-    data = load_perf_golden(files[0], "tiny-perf")
+    data = load_perf_data(files[0], "tiny-perf")
     assert data["rows"][0]["batch_size"] == 1 and len(data["rows"][0]["samples"]["ttft_ms"]) == 5
+    assert load_perf_golden(files[0], "tiny-perf").rows[0].batch_size == 1
     # the output golden is untouched; re-recording the perf golden needs --update
     rc, text = cli("record-golden", spec, "--backend", "steady", "--perf", "--golden-dir", golden)
     assert rc == 2 and "--update" in text

@@ -128,10 +128,10 @@ def test_init_embedding_spec_spells_out_its_tolerances(tmp_path, monkeypatch):
 
 
 def test_record_golden_prints_continuations_and_near_ties(tmp_path):
+    from specengine.kinds.causal_lm.golden import Steps
     from specengine.kinds.causal_lm.record_summary import near_ties
 
-    record = {"steps": [{"ids": [5, 6], "logprobs": [-0.1, -3.0]},
-                        {"ids": [7, 8], "logprobs": [-0.7, -0.9]}]}
+    record = Steps.rounded([[5, 6], [7, 8]], [[-0.1, -3.0], [-0.7, -0.9]], [-4.0, -3.0])
     assert near_ties(record, 0.5) == [(1, near_ties(record, 0.5)[0][1], 7, 8)]
     assert abs(near_ties(record, 0.5)[0][1] - 0.2) < 1e-9
     spec = write_spec(tmp_path / "specs" / "ci.yaml", GATE_SPEC.replace(

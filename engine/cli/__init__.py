@@ -32,14 +32,24 @@ def build_parser() -> argparse.ArgumentParser:
                      "model ports: run YAML specs on backends, record goldens, check candidates.")
     parser.add_argument("--version", action="version", version=f"specengine {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in (_validate_parser, migrate.add_parser, _record_parser, _check_parser,
+                _run_parser, _report_parser, analysis.add_parsers, backends_parser,
+                _init_parser):
+        add(sub)
+    for p in sub.choices.values():
+        output_args(p)
+    return parser
 
+
+def _validate_parser(sub) -> None:
     p = sub.add_parser("validate", help="schema + semantic checks of specs (no model is loaded)")
     p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files or folders")
     p.add_argument("--fix", action="store_true", help="first move flat tolerance blocks "
                    "under their numeric class (as `specengine migrate`)")
     migrate.class_arg(p)
-    migrate.add_parser(sub)
 
+
+def _record_parser(sub) -> None:
     p = sub.add_parser("record-golden", help="record goldens on a reference backend")
     p.add_argument("specs", nargs="+", metavar="SPEC")
     p.add_argument("--backend", help="backend to record on (default: the spec's reference)")
@@ -69,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "this tag (repeatable, any), as --case")
     golden_dir_arg(p)
 
+
+def _check_parser(sub) -> None:
     p = sub.add_parser("check", help="check a candidate backend against the goldens")
     p.add_argument("specs", nargs="+", metavar="SPEC")
     p.add_argument("--backend", required=True, help="candidate backend (cpu, cpu-bf16, cuda, "
@@ -87,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     _report_args(p)
     _selection_args(p)
 
+
+def _run_parser(sub) -> None:
     p = sub.add_parser("run", help="the main job: record the reference golden if missing, "
                        "check the candidate, write reports")
     p.add_argument("specs", nargs="*", metavar="SPEC", help=f"default: {DEFAULT_SPEC} (the "
@@ -98,14 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     golden_dir_arg(p)
     _selection_args(p)
 
+
+def _report_parser(sub) -> None:
     p = sub.add_parser("report", help="re-render a results JSON without running anything")
     p.add_argument("results", metavar="RESULTS.json")
     _report_args(p)
-
     sub.add_parser("schema", help="print the spec JSON Schema (for editors)")
-    analysis.add_parsers(sub)
-    backends_parser(sub)
 
+
+def _init_parser(sub) -> None:
     p = sub.add_parser("init", help="write a starter spec for a local Hugging Face model folder")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="local HF model folder (config.json, "
                    "weights, tokenizer)")
@@ -113,9 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: specs/NAME.yaml, NAME from the folder)")
     p.add_argument("--name", help="spec name (default: from the folder name)")
     p.add_argument("--force", action="store_true", help="overwrite an existing spec file")
-    for p in sub.choices.values():
-        output_args(p)
-    return parser
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:

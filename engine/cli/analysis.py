@@ -8,6 +8,8 @@ from pathlib import Path
 
 from specengine.cli.output import golden_dir_arg
 from specengine.errors import UsageError
+from specengine.files import atomic_write_text
+from specengine.golden.store import default_golden_dir
 
 
 def add_parsers(sub) -> None:
@@ -54,17 +56,57 @@ def add_parsers(sub) -> None:
 
 
 def cmd_localize(args) -> int:
-    return _kind_command(args, "localize", "localize works on causal-lm specs (this one is "
-                                           "kind: {kind})")
+    """Prints the per-layer table of each case; --json / --html write them. Exit 1 when a
+    layer is flagged in some case, 0 when none is."""
+    from specengine.report.localize import render_html, render_text, to_json
+
+    spec, localize = _kind_command(args, "localize", "localize works on causal-lm specs (this "
+                                                     "one is kind: {kind})")
+    locs = localize(spec, args.case, args.backend, args.against,
+                    args.golden_dir or default_golden_dir(spec.path), args.growth, args.floor,
+                    path=args.path)
+    for loc in locs:
+        print(render_text(loc))
+        print()
+    if args.json:
+        atomic_write_text(args.json, to_json(locs, spec.name) + "\n")
+        print(f"json: {args.json}")
+    if args.html:
+        atomic_write_text(args.html, render_html(locs, spec.name))
+        print(f"html: {args.html}")
+    return 1 if any(loc.first_flagged is not None for loc in locs) else 0
 
 
 def cmd_calibrate(args) -> int:
-    return _kind_command(args, "calibrate", "calibrate proposes causal-lm tolerances (this "
-                                            "spec is kind: {kind})")
+    """Measure the good pair and print the proposal; --json writes it, --write puts it into
+    the spec (the block of the class measured only; comments kept, validated). Exit 0."""
+    import json
+
+    from specengine.compare.tolerances import CLASS_ORDER
+    from specengine.report.calibration import render
+    from specengine.spec.migrate import write_tolerances
+
+    spec, calibrate = _kind_command(args, "calibrate", "calibrate proposes causal-lm "
+                                                       "tolerances (this spec is kind: {kind})")
+    cal = calibrate(spec, args.backend, args.against,
+                    args.golden_dir or default_golden_dir(spec.path), args.case, args.headroom)
+    print(render(cal))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(cal.to_dict(), indent=1, sort_keys=True,
+                                                ensure_ascii=False) + "\n")
+        print(f"json: {args.json}")
+    if args.write:
+        write_tolerances(Path(spec.path), cal.proposed_tolerance(), cal.klass)
+        others = [c for c in CLASS_ORDER if c != cal.klass]
+        print(f"wrote the proposed {cal.klass} limits into {spec.path} "
+              f"(defaults.tolerance.{cal.klass}; the {' and '.join(others)} blocks are "
+              "untouched: this measurement says nothing about them)")
+    return 0
 
 
-def _kind_command(args, column: str, refusal: str) -> int:
-    """A command only some kinds have (the kind table's `column`), on one spec."""
+def _kind_command(args, column: str, refusal: str):
+    """The spec and the kind's `column` command (a kind without one is refused before any
+    model loads)."""
     from specengine.run import kind_of
     from specengine.spec import load_spec
 
@@ -72,4 +114,4 @@ def _kind_command(args, column: str, refusal: str) -> int:
     command = getattr(kind_of(spec), column)
     if command is None:
         raise UsageError(f"{spec.path}: {refusal.format(kind=spec.kind)}")
-    return command(args, lambda targets: [spec])
+    return spec, command

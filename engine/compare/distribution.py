@@ -16,6 +16,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from specengine.results import CaseResult
+
 PATHS = ("prefill", "decode")
 
 # spec `distribution:` limit -> (statistic, upper (max) or lower (min) bound)
@@ -85,3 +87,25 @@ def judge(stats: Distribution, limits: Mapping[str, float]) -> list[str]:
             sign = ">" if kind == "max" else "<"
             out.append(f"{stats.path}: {name} {value:.4g} {sign} {bound:g} ({key})")
     return out
+
+
+def spec_distribution(cases: Sequence[CaseResult], limits: dict | None) -> dict | None:
+    """Distribution statistics over every compared position of every case, per path
+    (one-pass `prefill`, incremental `decode`), and the spec-level limits they break."""
+    out: dict = {"failures": [], "limits": dict(limits or {})}
+    for path in PATHS:
+        suffix = "" if path == "prefill" else "_decode"
+        kl, dp, same = [], [], []
+        for case in cases:
+            pp = case.per_position
+            if f"kl{suffix}" in pp and f"dp{suffix}" in pp:
+                kl += pp[f"kl{suffix}"]
+                dp += pp[f"dp{suffix}"]
+                same += [bool(x) for x in pp.get(f"same_top1{suffix}", [])]
+        stats = distribution(path, kl, dp, same)
+        if stats is not None:
+            out[path] = stats.as_dict()
+            wanted = (limits or {}).get("paths", list(PATHS))
+            if path in wanted:
+                out["failures"] += judge(stats, limits or {})
+    return out if any(p in out for p in PATHS) else None

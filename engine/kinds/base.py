@@ -1,184 +1,185 @@
-"""What every kind shares: the Kind entry of the kind table, case selection, the time
-limit, the one per-case error policy, and the record/check skeletons each kind plugs into.
+"""The one way through a record and a check, which every kind fills in.
 
-A kind (causal_lm, embedding, ops) supplies how to record one case and how to check one;
-the loops here give every kind the same progress lines, --fail-fast, timeouts, error
-capture and stop-on-out-of-memory behaviour, and the same RunResult skeleton.
+`check(kind, request)` is the template method: open the reference (a verified, fresh
+golden, or a live run of the reference backend), open the candidate, start the run
+result, check each case with the one error policy (kinds.policy), let the kind finish
+the run (notes, perf, whole-spec statistics), close both sides. `record(kind, request)`
+is its twin for goldens: amend an existing golden where the kind can (causal-lm noise),
+else refuse to overwrite without --update, record each case on the reference, let the
+kind turn the records into the golden's sealed JSON (its codec), write it atomically and
+show what changed.
+
+A kind is a `Kind` subclass: small hooks, each about one thing (open the reference,
+open the candidate, check one case, record one case, its golden's data) — the loops,
+progress lines, --fail-fast, time limits, error capture and stop-on-out-of-memory live
+here once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Mapping, Sequence
 
-from specengine.errors import BackendCrashed, BackendStopped, SpecEngineError, UsageError, brief
+from specengine.errors import BackendCrashed, BackendStopped
+from specengine.golden.store import golden_path, previous_golden, replace_golden
+from specengine.kinds.policy import record_one
 from specengine.progress import cases as progress_cases
-from specengine.results import (ERROR, FAIL, NOT_RUN, PASS, CaseResult, Check, RunResult, Side,
-                                comparison_label)
+from specengine.results import ERROR, PASS, CaseResult, RunResult, Side, comparison_label
 from specengine.spec import AnyCase, Spec
 
 
 @dataclass(frozen=True)
+class CheckOptions:
+    fail_fast: bool = False
+    perf: bool = False
+    localize: bool | str = False        # True / "failing": failing cases; "all": every case
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    """One check: the spec, the candidate backend (canonical name), the cases, where the
+    golden is (or the live reference `against`), and the options."""
+
+    spec: Spec
+    candidate: str
+    cases: tuple[AnyCase, ...]
+    golden_dir: Path | None = None
+    against: str | None = None
+    options: CheckOptions = CheckOptions()
+
+
+@dataclass(frozen=True)
+class RecordRequest:
+    """One recording: the spec, the reference backend (canonical name), the golden
+    folder, whether an existing golden may be replaced, where lines go, and the kind's
+    own options (Kind.record_options)."""
+
+    spec: Spec
+    backend: str
+    golden_dir: Path
+    update: bool = False
+    echo: Callable[[str], None] = print
+    allow_inconsistent: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return golden_path(self.golden_dir, self.spec.name, self.backend)
+
+
 class Kind:
-    """One row of the kind table (specengine.run.KINDS): what the commands call.
+    """The hooks of one kind of spec (causal-lm, embedding, ops). The optional commands
+    (`localize`, `calibrate`, `record_perf`) are None where a kind has no such thing."""
 
-    record(spec, backend, golden_dir, update, echo, allow_inconsistent, **record_options)
-        -> golden path
-    check(spec, backend, golden_dir, against, cases, fail_fast, perf, localize) -> RunResult
-    The optional commands are None where a kind has no such thing; the CLI then says so.
-    """
+    name: str = ""
+    unit: str = "case"                       # what the progress lines and notes call a case
+    record_options: frozenset[str] = frozenset()
+    localize: Callable[..., Any] | None = None
+    calibrate: Callable[..., Any] | None = None
+    record_perf: Callable[..., Path] | None = None
 
-    name: str
-    record: Callable[..., Path]
-    check: Callable[..., RunResult]
-    localize: Callable[..., dict] | None = None        # `specengine localize`
-    calibrate: Callable[..., object] | None = None     # `specengine calibrate`
-    record_perf: Callable[..., Path] | None = None     # `record-golden --perf`
-    record_options: frozenset[str] = frozenset()       # keyword options `record` takes
+    # -- checking ---------------------------------------------------------------------
+    def reference(self, req: CheckRequest) -> ContextManager[Any]:
+        """The reference side, ready to compare against (verified and fresh)."""
+        raise NotImplementedError
+
+    def candidate(self, req: CheckRequest, ref: Any) -> ContextManager[Any]:
+        """The candidate, loaded; closed when the check is over."""
+        raise NotImplementedError
+
+    def start(self, req: CheckRequest, cand: Any, ref: Any
+              ) -> tuple[RunResult, Sequence[AnyCase]]:
+        """The run's result skeleton and the cases to check (a backend without the kind's
+        capability marks them not-run and checks none)."""
+        raise NotImplementedError
+
+    def check_case(self, req: CheckRequest, cand: Any, ref: Any, case: AnyCase) -> CaseResult:
+        raise NotImplementedError
+
+    def after_case(self, req: CheckRequest, cand: Any, ref: Any, run: RunResult,
+                   case: AnyCase, result: CaseResult) -> None:
+        """What follows a judged case (a note, a localization)."""
+
+    def finish(self, req: CheckRequest, cand: Any, ref: Any, run: RunResult) -> None:
+        """What follows the case loop while the candidate is still open (notes, perf)."""
+
+    # -- recording ----------------------------------------------------------------------
+    def amend(self, req: RecordRequest) -> Path | None:
+        """Add to an existing golden without recording its cases again, where the
+        request asks for that; None when it does not."""
+        return None
+
+    def load_data(self, path: Path, spec_name: str) -> dict:
+        """An existing golden's verified JSON (what a re-record compares with)."""
+        raise NotImplementedError
+
+    def describe_changes(self, old: dict, new: dict) -> list[str]:
+        raise NotImplementedError
+
+    def recorder(self, req: RecordRequest) -> ContextManager[Any]:
+        """The reference backend, loaded for recording."""
+        raise NotImplementedError
+
+    def record_case(self, req: RecordRequest, session: Any, case: AnyCase) -> Any:
+        raise NotImplementedError
+
+    def golden_data(self, req: RecordRequest, session: Any, side: Side,
+                    records: Mapping[str, Any]) -> dict:
+        """The golden's sealed JSON from the records (refusing a reference that is not a
+        golden); called once the reference is closed."""
+        raise NotImplementedError
 
 
-# -- selecting cases -------------------------------------------------------------------
-
-def select_cases(spec: Spec, ids: list[str] | None = None, tags: list[str] | None = None,
-                 expr: str | None = None) -> list[AnyCase]:
-    """--case ID (exact), --tag T (any), -k EXPR (substring of the id; 'not X' excludes)."""
-    cases = list(spec.cases)
-    if ids:
-        unknown = [i for i in ids if i not in {c.id for c in cases}]
-        if unknown:
-            raise UsageError(f"{spec.path}: no case {', '.join(map(repr, unknown))}")
-        cases = [c for c in cases if c.id in ids]
-    if tags:
-        cases = [c for c in cases if set(tags) & set(c.tags)]
-    if expr:
-        cases = [c for c in cases if _match_expr(expr, c)]
-    return cases
-
-
-def _match_expr(expr: str, case: AnyCase) -> bool:
-    words = expr.split()
-    if len(words) == 2 and words[0] == "not":
-        return words[1] not in case.id and words[1] not in case.tags
-    return expr in case.id or expr in case.tags
+def check(kind: Kind, req: CheckRequest) -> RunResult:
+    """The one check skeleton (see the module docstring)."""
+    started = time.perf_counter()
+    with kind.reference(req) as ref, kind.candidate(req, ref) as cand:
+        run, cases = kind.start(req, cand, ref)
+        check_cases(run, req.spec, req.candidate, cases,
+                    lambda case: kind.check_case(req, cand, ref, case), req.options.fail_fast,
+                    lambda case, result: kind.after_case(req, cand, ref, run, case, result),
+                    kind.unit)
+        try:
+            kind.finish(req, cand, ref, run)
+        except BackendStopped as exc:          # the judged cases stay in the reports
+            exc.partial_run = finish_run(run, started)
+            raise
+    return finish_run(run, started)
 
 
-# -- the time limit --------------------------------------------------------------------
-
-class CaseTimedOut(BaseException):
-    """A case ran past `defaults.timeout_s`. A BaseException (like KeyboardInterrupt), so
-    that a runtime's own `except Exception` cannot swallow it."""
+def record(kind: Kind, req: RecordRequest) -> Path:
+    """The one record skeleton (see the module docstring)."""
+    amended = kind.amend(req)
+    if amended is not None:
+        return amended
+    old = previous_golden(req.path, req.update, lambda p: kind.load_data(p, req.spec.name),
+                          req.echo)
+    with kind.recorder(req) as session:
+        records = record_cases(req.spec.cases, req.spec, req.backend,
+                               lambda case: kind.record_case(req, session, case))
+        side = session.side()
+    data = kind.golden_data(req, session, side, records)
+    return replace_golden(req.path, data, old, kind.describe_changes, req.echo)
 
 
 @contextlib.contextmanager
-def time_limit(seconds: float | None):
-    """Raise CaseTimedOut in this (main) thread once `seconds` have passed.
-
-    SIGALRM interrupts Python code and blocking waits (a sleep, a socket read, a
-    generation loop between steps); a single native call (one huge kernel) is interrupted
-    when it returns. Off the main thread, or where there is no SIGALRM, nothing is timed.
-    """
-    if (not seconds or not hasattr(signal, "setitimer")
-            or threading.current_thread() is not threading.main_thread()):
-        yield
-        return
-
-    def fire(signum, frame):
-        raise CaseTimedOut()
-
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+def closing_session(session: Any):
+    """A loaded backend session as a context manager: closed however the block ends."""
     try:
-        yield
+        yield session
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        session.close()
 
-
-# -- the one per-case error policy -----------------------------------------------------
-
-def out_of_memory(exc: BaseException) -> bool:
-    return "out of memory" in str(exc).lower()
-
-
-def runtime_cause(exc: BackendCrashed) -> Exception | None:
-    """The runtime's own exception a backend call was converted from (Backend's guard),
-    or None when the engine raised the BackendCrashed itself."""
-    cause = exc.__cause__
-    return cause if isinstance(cause, Exception) and not isinstance(cause, SpecEngineError) \
-        else None
-
-
-def described(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {brief(exc)}"
-
-
-def run_checks(result: CaseResult, checks: Callable[[], None], timeout_s: float | None
-               ) -> CaseResult:
-    """Run one case's checks into `result`; whatever goes wrong becomes the case's error,
-    never a lost run: a time limit, a backend failure, a runtime's own exception. Three
-    things stop the run instead: the engine's own errors (SpecEngineError: a bad spec, a
-    stale golden), a backend out of memory (BackendCrashed), and a backend that stopped
-    (BackendStopped: a server that no longer answers); neither backend can go on.
-    The case's status follows from its checks; its duration is measured."""
-    start = time.perf_counter()
-    try:
-        with time_limit(timeout_s):
-            checks()
-    except CaseTimedOut:
-        result.error = (f"timed out after {timeout_s:g} s (defaults.timeout_s); "
-                        "the remaining checks of this case were not run")
-    except BackendCrashed as exc:
-        if out_of_memory(exc) or isinstance(exc, BackendStopped):
-            raise
-        cause = runtime_cause(exc)
-        result.error = described(cause) if cause else exc.one_line()
-    except SpecEngineError:
-        raise
-    except Exception as exc:  # one broken case must not lose the others' results
-        result.error = described(exc)
-    statuses = {c.status for c in result.checks}
-    result.status = ERROR if result.error or ERROR in statuses else FAIL if FAIL in statuses else PASS
-    result.duration_s = time.perf_counter() - start
-    return result
-
-
-def record_one(backend: str, case_id: str, record: Callable[[], dict],
-               timeout_s: float | None, what: str = "case") -> dict:
-    """Record one case on the reference; any failure stops the recording (exit 3 naming
-    the case), since a golden with a hole is no golden: nothing is written."""
-    try:
-        with time_limit(timeout_s):
-            return record()
-    except CaseTimedOut:
-        raise BackendCrashed(f"backend '{backend}': {what} '{case_id}' timed out after "
-                             f"{timeout_s:g} s (defaults.timeout_s); nothing was "
-                             "recorded") from None
-    except BackendStopped as exc:
-        raise exc.at(f"for {what} '{case_id}'") from None
-    except BackendCrashed as exc:
-        cause = runtime_cause(exc)
-        if cause is None or out_of_memory(exc):
-            raise
-        raise BackendCrashed(f"backend '{backend}' failed on {what} '{case_id}': "
-                             f"{described(cause)}; nothing was recorded") from None
-    except SpecEngineError:
-        raise
-    except Exception as exc:  # a runtime's own bug: exit 3 naming the case, no golden
-        raise BackendCrashed(f"backend '{backend}' failed on {what} '{case_id}': "
-                             f"{described(exc)}; nothing was recorded") from None
-
-
-# -- the record / check skeletons ------------------------------------------------------
 
 def record_cases(cases: Iterable[AnyCase], spec: Spec, backend: str,
-                 record: Callable[[AnyCase], dict], action: str = "record") -> dict[str, dict]:
+                 record_one_case: Callable[[AnyCase], Any], action: str = "record"
+                 ) -> dict[str, Any]:
     """Each case's record by id, with the progress lines and the recording error policy."""
-    return {case.id: record_one(backend, case.id, lambda c=case: record(c), spec.timeout_s)
+    return {case.id: record_one(backend, case.id, lambda c=case: record_one_case(c),
+                                spec.timeout_s)
             for case in progress_cases(cases, action, spec.name, backend)}
 
 
@@ -192,7 +193,7 @@ def new_run(spec: Spec, candidate: Side, reference: Side, reference_kind: str,
 
 
 def check_cases(run: RunResult, spec: Spec, backend: str, cases: Sequence[AnyCase],
-                check: Callable[[AnyCase], CaseResult], fail_fast: bool = False,
+                check_one: Callable[[AnyCase], CaseResult], fail_fast: bool = False,
                 after: Callable[[AnyCase, CaseResult], None] | None = None,
                 what: str = "case") -> None:
     """Check each case into `run.cases`, with the progress lines; `after` sees each
@@ -202,7 +203,7 @@ def check_cases(run: RunResult, spec: Spec, backend: str, cases: Sequence[AnyCas
     still writes its reports, with the cases already judged as they were judged."""
     for case in progress_cases(cases, "check", spec.name, backend, run.cases):
         try:
-            result = check(case)
+            result = check_one(case)
         except BackendCrashed as exc:   # out of memory or stopped: it cannot go on
             if isinstance(exc, BackendStopped):
                 exc.at(f"for {what} '{case.id}'")
@@ -218,17 +219,6 @@ def check_cases(run: RunResult, spec: Spec, backend: str, cases: Sequence[AnyCas
         if fail_fast and result.status != PASS:
             run.notes.append(f"stopped at the first failing {what} (--fail-fast)")
             break
-
-
-def not_run_cases(run: RunResult, cases: Sequence[AnyCase], check: str, reason: str,
-                  describe: Callable[[AnyCase], str] = lambda case: "") -> None:
-    """Every case `not-run` with the reason: a backend without the capability the kind
-    needs (an optional feature, never an error); the run is then not-run, not a pass."""
-    for case in cases:
-        run.cases.append(CaseResult(id=case.id, status=NOT_RUN, line=case.line,
-                                    tags=list(case.tags), prompt=describe(case),
-                                    checks=[Check(check, NOT_RUN, reason)]))
-    run.notes.append(reason)
 
 
 def finish_run(run: RunResult, started: float) -> RunResult:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from specengine.backends.base import Backend, BackendConfig
 from specengine.backends.registry import config_for, create
+from specengine.errors import SpecError
 from specengine.files import read_json
 
 from specengine.results import Side
@@ -54,6 +55,27 @@ class Session:
 
     def close(self) -> None:
         self.backend.close()
+
+    def bind_chats(self) -> None:
+        """Tell a chat-aware backend (openai) which prompt ids came from which messages."""
+        self.backend.bind_chats({tuple(self.prompt_ids(c)): (c.messages, c.chat_template_kwargs)
+                                 for c in self.spec.cases
+                                 if getattr(c, "messages", None) is not None})
+
+    def check_length(self, case: Case, prompt_ids: list[int]) -> None:
+        """A prompt that cannot fit the model's context is refused with the numbers (exit 2)
+        before it reaches the backend (where it would fail obscurely or exhaust memory)."""
+        limit = self.context_limit
+        if not limit or len(prompt_ids) + case.max_new_tokens <= limit:
+            return
+        spec = self.spec
+        index = next((i for i, c in enumerate(spec.cases) if c is case), None)
+        line, col = (spec.located.where(("cases", index)) if spec.located and index is not None
+                     else (case.line or None, None))
+        raise SpecError(f"case '{case.id}': the prompt is {len(prompt_ids)} tokens and "
+                        f"max_new_tokens is {case.max_new_tokens}, more than the model's "
+                        f"context of {limit} tokens (max_position_embeddings); shorten it",
+                        str(spec.path), line, col)
 
 
 def prompt_ids_for(tokenizer: Tokenizer, case: Case) -> list[int]:

@@ -1,10 +1,12 @@
-"""Moving a spec's flat tolerance blocks (the form before numeric classes) under the class
+"""Rewriting a spec safely: moving its flat tolerance blocks (the form before numeric classes) under the class
 they were measured for, and writing a changed spec back safely.
 
 ruamel.yaml's round-trip parser locates each block; the edit itself is made on the text,
 so every other byte — comments, blank lines, quoting, wrapped flow sequences — stays as
 the author wrote it. A block-style block gets a `CLASS:` line and two more spaces of
 indentation; a flow-style one (`{kl_max: 0.1}`) becomes `{CLASS: {kl_max: 0.1}}`.
+`write_tolerances` puts calibrated limits into one class's block (ruamel round-trip,
+comments kept). Every rewrite is validated before it is written, atomically.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from specengine.errors import SpecError
 from specengine.files import atomic_write_text
@@ -121,3 +124,66 @@ def write_spec_text(path: Path, text: str) -> None:
     mode = path.stat().st_mode & 0o7777
     atomic_write_text(path, text)
     os.chmod(path, mode)
+
+
+def write_tolerances(path: Path, tolerance: dict[str, Any], klass: str) -> str:
+    """Put `tolerance` into the spec's defaults.tolerance.<klass> (the class measured; no
+    other class's block is touched) with ruamel.yaml's round-trip mode (comments, key
+    order, flow style and quoting kept), write atomically, and validate the result with
+    the safe loader; on a validation error the file is left as it was. Returns the new
+    text."""
+    import io
+
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+
+    path = Path(path)
+    original = path.read_text("utf-8")
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    offset = _sequence_offset(original)
+    yaml.indent(mapping=2, sequence=offset + 2, offset=offset)
+    doc = yaml.load(original)
+    defaults = doc.get("defaults")
+    if defaults is None:
+        defaults = CommentedMap()
+        doc["defaults"] = defaults
+    classes = defaults.get("tolerance")
+    if classes is None:
+        classes = CommentedMap()
+        defaults["tolerance"] = classes
+    tol = classes.get(klass)
+    if tol is None:
+        tol = CommentedMap()
+        classes[klass] = tol
+    for key, value in tolerance.items():
+        if key == "divergence":
+            div = tol.get("divergence")
+            if div is None:
+                div = CommentedMap()
+                div.fa.set_flow_style()
+                tol["divergence"] = div
+            for k, v in value.items():
+                div[k] = v
+        else:
+            tol[key] = value
+    buf = io.StringIO()
+    yaml.dump(doc, buf)
+    text = buf.getvalue()
+    write_spec_text(path, text)      # validated first (SpecError, file untouched); atomic
+    return text
+
+
+def _sequence_offset(text: str) -> int:
+    """How far block sequences are indented under their key in `text` ("cases:\n  - id"
+    is 2, "cases:\n- id" is 0), so a round-trip dump keeps the file's layout."""
+    import re
+
+    lines = text.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        key = re.match(r"^( *)[^\s#-][^:#]*:\s*(#.*)?$", line)
+        nxt = re.match(r"^( *)- ", lines[i + 1])
+        if key and nxt:
+            return max(0, len(nxt.group(1)) - len(key.group(1)))
+    return 0

@@ -6,7 +6,7 @@ Plain dataclasses; building them from YAML is `spec.load` with one builder per k
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 

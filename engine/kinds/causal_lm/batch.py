@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from specengine.results import FAIL, PASS, Check
+from specengine.results import FAIL, NOT_RUN, PASS, Check
 
 
 @dataclass
@@ -135,32 +135,19 @@ def describe(result: BatchInvariance, settings: dict, token_text=None) -> str:
     return f"{where}: {what} (deterministic settings: {in_force})"
 
 
-def batch_invariance_check(session, case, prompt_ids: Sequence[int], alone) -> Check:
-    """Run the case inside batches of `case.determinism.batch_sizes` (> 1) and judge it."""
-    det = case.determinism
-    cases = list(session.spec.cases)
-    ids = [c.id for c in cases]
-    index = ids.index(case.id) if case.id in ids else 0
-    backend, tok = session.backend, session.tokenizer
-    diffs = []
-    for size in sorted({b for b in det.batch_sizes if b > 1}):
-        rows = companions(ids, index, size)
-        others = [session.prompt_ids(cases[i]) for i in rows]
-        names = [ids[i] for i in rows]
-        if max(map(len, others)) <= len(prompt_ids):     # the case would not be padded
-            others[-1] = filler(prompt_ids, others)
-            names[-1] = f"a {len(others[-1])}-token filler"
-        prompts = [list(prompt_ids)] + others
-        batched = backend.generate(prompts, case.max_new_tokens, case.top_k, tok.stop_ids)[0]
-        diffs.append(compare_in_batch(alone.output_ids, alone.topk_logprobs, batched.output_ids,
-                                      batched.topk_logprobs, det.batch_atol, size, names))
+def batch_invariance(ctx) -> Check | None:
+    """`batch-invariance`: the case inside batches of `determinism.batch_sizes` (> 1),
+    judged against its run alone (None when no batch size above 1 is asked)."""
+    det = ctx.case.determinism
+    if not any(size > 1 for size in det.batch_sizes):
+        return None
+    if not ctx.gen.has_logprobs:
+        return Check("batch-invariance", NOT_RUN,
+                     f"needs log-probs: {ctx.unsupported('logprobs')}")
+    diffs = [_in_batch(ctx, size) for size in sorted({b for b in det.batch_sizes if b > 1})]
     result = judge(diffs, det.batch_atol)
-    env = backend.environment()
+    env = ctx.backend.environment()
     settings = attention_named(dict(env.get("settings", {})), env.get("modeling") or {})
-
-    def token_text(i: int) -> str:
-        return f"{tok.token_strings([i])[0]!r} (id {i})"
-
     bad = result.first_failure
     metrics = {"batch_sizes": [d.batch_size for d in diffs], "atol": det.batch_atol,
                "identical_tokens": all(d.identical_tokens for d in diffs),
@@ -169,4 +156,23 @@ def batch_invariance_check(session, case, prompt_ids: Sequence[int], alone) -> C
                "first_diff_step": bad.first_diff_step if bad else None,
                "per_batch_size": [asdict(d) for d in diffs], "settings": settings}
     return Check("batch-invariance", PASS if result.passed else FAIL,
-                 describe(result, settings, token_text), metrics)
+                 describe(result, settings, lambda i: f"{ctx.token_text(i)!r} (id {i})"),
+                 metrics)
+
+
+def _in_batch(ctx, size: int) -> BatchDiff:
+    """The case in row 0 of a batch of `size`, left-padded beside the others."""
+    ids = [cid for cid, _ in ctx.batch_prompts]
+    index = ids.index(ctx.case.id) if ctx.case.id in ids else 0
+    rows = companions(ids, index, size)
+    prompt = ctx.prompt_ids
+    others = [list(ctx.batch_prompts[i][1]) for i in rows]
+    names = [ids[i] for i in rows]
+    if max(map(len, others)) <= len(prompt):     # the case would not be padded
+        others[-1] = filler(prompt, others)
+        names[-1] = f"a {len(others[-1])}-token filler"
+    case, alone = ctx.case, ctx.gen
+    batched = ctx.backend.generate([prompt] + others, case.max_new_tokens, case.top_k,
+                                   ctx.tokenizer.stop_ids)[0]
+    return compare_in_batch(alone.output_ids, alone.topk_logprobs, batched.output_ids,
+                            batched.topk_logprobs, case.determinism.batch_atol, size, names)

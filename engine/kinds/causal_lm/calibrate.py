@@ -16,7 +16,9 @@ The proposal (pure, `propose`):
   they are unless a benign divergence of the good pair needed more (then its rank, and
   its margin × headroom).
 
-Nothing here imports torch; `measure` runs the check (kinds.causal_lm.check), which does.
+`measure` runs the check (the causal-lm kind through the one skeleton) and returns the
+calibration, which the command line renders and, with --write, writes into the spec (only
+the block of the class it measured).
 """
 
 from __future__ import annotations
@@ -30,13 +32,12 @@ from typing import Any, Sequence
 from specengine.results import RunResult
 from specengine.spec import Spec, Tolerance
 from specengine.compare.limits import LimitSource
-from specengine.compare.tolerances import CLASS_ORDER, DEFAULTS, FLOAT32
+from specengine.compare.tolerances import DEFAULTS, FLOAT32
+from specengine.backends.registry import config_for
 from specengine.errors import UsageError
-from specengine.files import atomic_write_text
-from specengine.spec.migrate import write_spec_text
-from specengine.golden.store import default_golden_dir
-from specengine.kinds.base import select_cases
-from specengine.kinds.causal_lm.check import check_spec
+from specengine.kinds.base import CheckRequest, check
+from specengine.kinds.causal_lm.kind import CausalLm
+from specengine.kinds.policy import select_cases
 
 HEADROOM = 2.0
 # metric in the check -> (tolerance key, floor)
@@ -233,7 +234,8 @@ def measure(spec: Spec, backend: str, against: str | None, golden_dir: Path | No
                          f"kind: {spec.kind})")
     cases = [replace(c, determinism=replace(c.determinism, runs=1, batch_sizes=()))
              for c in select_cases(spec, case_ids)]
-    run = check_spec(spec, backend, golden_dir, against, cases)
+    run = check(CausalLm(), CheckRequest(spec, config_for(backend, spec.backends).name,
+                                          tuple(cases), golden_dir, against))
     samples = samples_of(run)
 
     klass = run.tolerance_class or FLOAT32
@@ -265,125 +267,3 @@ def measure(spec: Spec, backend: str, against: str | None, golden_dir: Path | No
         cal.notes.append(f"cases with their own tolerance override (not rewritten): "
                          f"{', '.join(overrides)}")
     return cal
-
-
-# -- writing ---------------------------------------------------------------------------
-
-def write_tolerances(path: Path, tolerance: dict[str, Any], klass: str) -> str:
-    """Put `tolerance` into the spec's defaults.tolerance.<klass> (the class measured; no
-    other class's block is touched) with ruamel.yaml's round-trip mode (comments, key
-    order, flow style and quoting kept), write atomically, and validate the result with
-    the safe loader; on a validation error the file is left as it was. Returns the new
-    text."""
-    import io
-
-    from ruamel.yaml import YAML
-    from ruamel.yaml.comments import CommentedMap
-
-    path = Path(path)
-    original = path.read_text("utf-8")
-    yaml = YAML(typ="rt")
-    yaml.preserve_quotes = True
-    yaml.width = 4096
-    offset = _sequence_offset(original)
-    yaml.indent(mapping=2, sequence=offset + 2, offset=offset)
-    doc = yaml.load(original)
-    defaults = doc.get("defaults")
-    if defaults is None:
-        defaults = CommentedMap()
-        doc["defaults"] = defaults
-    classes = defaults.get("tolerance")
-    if classes is None:
-        classes = CommentedMap()
-        defaults["tolerance"] = classes
-    tol = classes.get(klass)
-    if tol is None:
-        tol = CommentedMap()
-        classes[klass] = tol
-    for key, value in tolerance.items():
-        if key == "divergence":
-            div = tol.get("divergence")
-            if div is None:
-                div = CommentedMap()
-                div.fa.set_flow_style()
-                tol["divergence"] = div
-            for k, v in value.items():
-                div[k] = v
-        else:
-            tol[key] = value
-    buf = io.StringIO()
-    yaml.dump(doc, buf)
-    text = buf.getvalue()
-    write_spec_text(path, text)      # validated first (SpecError, file untouched); atomic
-    return text
-
-
-def _sequence_offset(text: str) -> int:
-    """How far block sequences are indented under their key in `text` ("cases:\n  - id"
-    is 2, "cases:\n- id" is 0), so a round-trip dump keeps the file's layout."""
-    import re
-
-    lines = text.splitlines()
-    for i, line in enumerate(lines[:-1]):
-        key = re.match(r"^( *)[^\s#-][^:#]*:\s*(#.*)?$", line)
-        nxt = re.match(r"^( *)- ", lines[i + 1])
-        if key and nxt:
-            return max(0, len(nxt.group(1)) - len(key.group(1)))
-    return 0
-
-
-# -- presenting ------------------------------------------------------------------------
-
-def render(cal: Calibration) -> str:
-    """Terminal text: per-case metrics, distribution, proposals."""
-    lines = [f"calibrate {cal.spec_name}: {cal.candidate} vs {cal.reference} "
-             f"({cal.reference_kind}), {cal.klass} class, headroom × {cal.headroom:g}", "",
-             f"  {'case':<18}{'KL mean':>10}{'KL max':>10}{'top-1':>8}{'max|Δlp|':>10}"
-             f"{'max|Δp|':>9}  divergence"]
-    for s in cal.samples:
-        div = ("none" if s.divergence_step is None else
-               f"step {s.divergence_step} rank {s.divergence_rank} margin "
-               f"{_num(s.divergence_margin)}")
-        lines.append(f"  {s.case_id[:17]:<18}{_num(s.kl_mean):>10}{_num(s.kl_max):>10}"
-                     f"{_num(s.top1_agreement):>8}{_num(s.max_abs_dlogprob):>10}"
-                     f"{_num(s.max_abs_dp):>9}  {div}")
-    lines += ["", f"  {'metric':<18}{'n':>3}{'min':>10}{'median':>10}{'max':>10}"]
-    for st in cal.stats:
-        lines.append(f"  {st.name:<18}{st.count:>3}{_num(st.min):>10}{_num(st.median):>10}"
-                     f"{_num(st.max):>10}")
-    lines += ["", f"  {'tolerance':<20}{'current':>10}{'proposed':>10}  how"]
-    for p in cal.proposals:
-        mark = "*" if p.changed else " "
-        lines.append(f"{mark} {p.key:<20}{_num(p.current):>10}{_num(p.proposed):>10}  {p.how}")
-    lines += [f"note: {n}" for n in cal.notes]
-    return "\n".join(lines)
-
-
-def _num(x: Any) -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, bool) or isinstance(x, int):
-        return str(x)
-    return f"{x:.4g}"
-
-
-def cli_main(args: Any, load_specs: Any) -> int:
-    """`specengine calibrate SPEC --backend X [--against Y]`: measure, print, and with
-    --write put the proposal into the spec (comments kept, validated). Exit 0."""
-    import json
-
-    spec = load_specs([args.spec])[0]
-    cal = measure(spec, args.backend, args.against, args.golden_dir or default_golden_dir(spec.path),
-                  args.case, args.headroom)
-    print(render(cal))
-    if args.json:
-        atomic_write_text(args.json, json.dumps(cal.to_dict(), indent=1, sort_keys=True,
-                                                ensure_ascii=False) + "\n")
-        print(f"json: {args.json}")
-    if args.write:
-        write_tolerances(Path(spec.path), cal.proposed_tolerance(), cal.klass)
-        others = [c for c in CLASS_ORDER if c != cal.klass]
-        print(f"wrote the proposed {cal.klass} limits into {spec.path} "
-              f"(defaults.tolerance.{cal.klass}; the {' and '.join(others)} blocks are "
-              "untouched: this measurement says nothing about them)")
-    return 0

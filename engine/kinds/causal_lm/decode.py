@@ -9,10 +9,9 @@ besides scoring the golden's sequence in one pass, a check measures the candidat
   generation (the very steps that chose its tokens: no extra work);
 - after it, by feeding the golden's tokens one at a time through its KV cache.
 
-Both are taken at the golden's top-k ids, so the same metrics and tolerances apply as to
-the one-pass comparison. The two paths of one backend over the same sequence must also
-agree with each other within that backend's own dtype noise (no golden needed); a
-reference whose paths disagree is refused as a golden.
+Both are taken at the golden's top-k ids, so the same metrics apply as to the one-pass
+comparison, judged by the decode path's limits (`decode`). The two paths of one backend
+over the same sequence must also agree with each other (kinds.causal_lm.consistency).
 """
 
 from __future__ import annotations
@@ -22,11 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from specengine.compare import tokens as compare
-from specengine.compare.tokens import Consistency, TeacherForced
 from specengine.results import FAIL, NOT_RUN, PASS, Check
-from specengine.compare.limits import Limits
-from specengine.compare.tolerances import Tolerance
-from specengine.kinds.causal_lm.limits import CaseLimits
 
 
 @dataclass
@@ -107,62 +102,36 @@ def decode_rows(backend, prompt_ids: list[int], golden_out: list[int], g_ids: np
                       np.asarray(top1, np.int64), usable, total, forced_from, "; ".join(notes))
 
 
-def decode_check(rows: DecodeRows, g_ids: np.ndarray, g_lp: np.ndarray, g_tail: np.ndarray,
-                 limits: CaseLimits) -> tuple[Check, TeacherForced | None]:
-    """The `decode` check of a case: the golden's metrics on the decode-path rows, judged
-    by the decode path's limits."""
+def decode(ctx) -> Check | None:
+    """`decode`: the golden's metrics on the candidate's decode-path rows, judged by the
+    decode path's limits; the per-position series go to the case result."""
+    if not ctx.golden_ids:
+        return None
+    rows = ctx.decode_rows
     if rows.covered == 0:
-        return Check("decode", NOT_RUN, f"needs decode-path log-probs: {rows.note}"), None
-    n = rows.covered
-    tf = compare.teacher_forced(g_ids[:n], g_lp[:n], g_tail[:n], rows.lp, rows.tail, rows.top1,
+        return Check("decode", NOT_RUN, f"needs decode-path log-probs: {rows.note}")
+    n, (ids, lp, tail) = rows.covered, ctx.golden_steps
+    limits = ctx.limits
+    tf = compare.teacher_forced(ids[:n], lp[:n], tail[:n], rows.lp, rows.tail, rows.top1,
                                 limits.decode.values)
-    if rows.forced_from is None:
-        how = "its own free-running steps"
-    elif rows.forced_from == 0:
-        how = "the golden's tokens fed through its KV cache from step 0"
-    else:
-        how = (f"its own steps 0…{rows.forced_from - 1}, then the golden's tokens fed through "
-               f"its KV cache from step {rows.forced_from}")
-    message = tf.verdict() + f" ({how}"
-    message += f"; {rows.note})" if rows.note else ")"
+    ctx.result.per_position.update({
+        "kl_decode": tf.kl, "abs_dlogprob_decode": tf.abs_dlogprob, "dp_decode": tf.dp,
+        "same_top1_decode": [float(x) for x in tf.same_top1]})
     metrics = {"kl_mean": tf.kl_mean, "kl_max": tf.kl_max, "top1_agreement": tf.top1_agreement,
                "top1_agreement_all": tf.top1_agreement_all, "near_ties": tf.near_ties,
                "max_abs_dlogprob": tf.max_abs_dlogprob, "max_abs_dp": tf.max_abs_dp,
                "positions": n, "of_positions": rows.total, "forced_from": rows.forced_from,
                "worst_position": tf.worst_position}
     metrics.update(limits.metrics("decode", metrics))
-    return Check("decode", PASS if tf.passed else FAIL, message, metrics), tf
+    message = tf.verdict() + f" ({_how(rows.forced_from)}"
+    message += f"; {rows.note})" if rows.note else ")"
+    return Check("decode", PASS if tf.passed else FAIL, message, metrics)
 
 
-def consistency_check(name: str, cons: Consistency, limits: Limits, what: str) -> Check:
-    """A `consistency` (or `reference-consistency`) check from its measurement."""
-    message = ("; ".join(cons.failures) or "decode and one-pass agree, "
-               + cons.verdict()) + f" ({what})"
-    return Check(name, PASS if cons.passed else FAIL, message,
-                 {"kl_mean": cons.kl_mean, "kl_max": cons.kl_max,
-                  "max_abs_dlogprob": cons.max_abs_dlogprob,
-                  "top1_agreement": cons.top1_agreement, "worst_position": cons.worst_position,
-                  "positions": len(cons.kl), **limits.metrics()})
-
-
-def clear_of_ties(top_lp: np.ndarray, margin: float) -> np.ndarray:
-    """Positions whose top-1 leads its runner-up by at least `margin` nats."""
-    if top_lp.ndim != 2 or top_lp.shape[1] < 2:
-        return np.ones(top_lp.shape[0], dtype=bool)
-    return (top_lp[:, 0] - top_lp[:, 1]) >= margin
-
-
-def generation_consistency(backend, prompt_ids: list[int], gen, top_k: int,
-                           tol: Tolerance) -> Consistency | None:
-    """A backend's own generation (decode path, its own top-k) against its one-pass
-    scores of the same continuation, at the generation's top-k ids. None when the backend
-    cannot score or returned no log-probs."""
-    if not gen.has_logprobs or not len(gen.output_ids) or not backend.supports_scoring:
-        return None
-    n = len(gen.output_ids)
-    ids = np.asarray(gen.topk_ids[:n], dtype=np.int64)
-    scores = backend.score(prompt_ids, gen.output_ids, ids, top_k)
-    return compare.consistency(np.asarray(gen.topk_logprobs[:n]), np.asarray(gen.tail_logprob[:n]),
-                               ids[:, 0], scores.gathered_logprobs, scores.gathered_tail,
-                               scores.top_ids[:, 0], clear_of_ties(scores.top_logprobs,
-                                                                   tol.max_margin), tol)
+def _how(forced_from: int | None) -> str:
+    if forced_from is None:
+        return "its own free-running steps"
+    if forced_from == 0:
+        return "the golden's tokens fed through its KV cache from step 0"
+    return (f"its own steps 0…{forced_from - 1}, then the golden's tokens fed through its KV "
+            f"cache from step {forced_from}")

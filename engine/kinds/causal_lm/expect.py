@@ -41,3 +41,11 @@ def expectation_checks(case: Case, text: str, ids: Sequence[int],
         else:
             out.append(Check(name, PASS if exp.passed else FAIL, exp.detail))
     return out
+
+
+def expectations(ctx) -> list[Check]:
+    """The case's `expect.*` checks on the candidate's continuation (those the golden
+    says its reference fails too are not run, said so)."""
+    return expectation_checks(ctx.case, ctx.result.candidate_text, ctx.gen.output_ids,
+                              ctx.first_logprob, ctx.record.reference_fails,
+                              ctx.unsupported("logprobs"))

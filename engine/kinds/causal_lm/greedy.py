@@ -1,4 +1,8 @@
-"""Whether a runtime's continuation really is greedy, judged by its own log-probs.
+"""The candidate's free-running greedy run of a case and the checks on it: its log-probs
+are finite (`finite`), a served runtime really was greedy (`greedy`), and where it first
+leaves the golden's tokens the near-tie rule says whether that is benign (`divergence`).
+
+Whether a runtime's continuation really is greedy is judged by its own log-probs.
 
 A greedy step picks the token the runtime itself ranks first. A served model can return
 a token that is not its own top-1 even at temperature 0 — a repetition penalty, a top-k
@@ -15,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from specengine.compare import tokens as compare
 from specengine.results import FAIL, NOT_RUN, PASS, Check
 
 # log-probs come back rounded (JSON floats, float32 maths); a true tie is not a violation
@@ -103,3 +108,35 @@ def greedy_note(backend_name: str, cases: Sequence[Any]) -> str | None:
             f"case{'s' if len(bad) > 1 else ''}: {', '.join(bad)} — a serving setting, not "
             "model drift; a divergence from that step on follows from it (see each case's "
             "greedy check for the likely causes)")
+
+
+# -- the checks (CaseContext -> Check | None) -------------------------------------------
+
+def finite(ctx) -> Check | None:
+    """`finite`: NaN or +inf in the candidate's log-probs (-inf is a zero mass)."""
+    gen = ctx.gen
+    if gen.has_logprobs and bool(np.isnan(gen.topk_logprobs).any()
+                                 or np.isposinf(gen.topk_logprobs).any()):
+        return Check("finite", FAIL, "candidate logits contain NaN or Inf")
+    return None
+
+
+def served_greedy(ctx) -> Check | None:
+    """`greedy`: a served model's tokens were its own top-1 (None for runtimes that are
+    greedy by construction)."""
+    return greedy_check(ctx.backend, ctx.gen, ctx.token_text)
+
+
+def divergence(ctx) -> Check:
+    """`divergence`: the first step where the candidate's tokens leave the golden's, judged
+    by the near-tie rule (also what the decode path reads: where its own steps end)."""
+    tol = ctx.limits.prefill.values
+    ids, lp, _ = ctx.golden_steps
+    div = compare.first_divergence(ctx.golden_ids, ctx.gen.output_ids, ids, lp, tol)
+    ctx.divergence = div
+    ctx.result.divergence_step = div.step
+    return Check("divergence", PASS if div.passed else FAIL,
+                 div.reason or "identical greedy tokens",
+                 {"step": div.step, "rank_in_golden": div.rank_in_golden, "margin": div.margin,
+                  "golden_id": div.golden_id, "candidate_id": div.candidate_id,
+                  "within_top_k": tol.within_top_k, "max_margin": tol.max_margin})

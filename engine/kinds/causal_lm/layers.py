@@ -12,12 +12,13 @@ from specengine.compare import sketch as sk
 from specengine.compare.layers import (GROWTH, Localization, default_floor, default_jump_floor,
                                        layer_names, localize_sketch, localize_states, span)
 from specengine.errors import BackendUnavailable, GoldenError, SpecEngineError, UsageError
+from specengine.kinds.causal_lm.golden import LmCaseRecord
 
 
-def teacher_forced_ids(record: dict) -> list[int]:
+def teacher_forced_ids(record: LmCaseRecord) -> list[int]:
     """The sequence a golden case is scored on: prompt ids + output ids, last one dropped."""
-    full = list(record["prompt_ids"]) + list(record["output_ids"])
-    return full[:-1] if record["output_ids"] else full
+    full = list(record.prompt_ids or ()) + list(record.output_ids)
+    return full[:-1] if record.output_ids else full
 
 
 def capture(backend: Any, ids: Sequence[int], run: Any = None
@@ -87,7 +88,7 @@ def _decoder_layers(backend: Any) -> int | None:
 
 # -- running: golden sketches, check --localize, the localize command -----------------------
 
-def sketch_for_record(backend: Any, record: dict) -> dict | None:
+def sketch_for_record(backend: Any, record: LmCaseRecord) -> dict | None:
     """The layer sketch a golden stores for a case (None when the backend has no states)."""
     try:
         names, states = capture(backend, teacher_forced_ids(record))
@@ -96,7 +97,7 @@ def sketch_for_record(backend: Any, record: dict) -> dict | None:
     return sk.record_sketch(states, names)
 
 
-def localize_record(backend: Any, record: dict, case_id: str, *, candidate: str,
+def localize_record(backend: Any, record: LmCaseRecord, case_id: str, *, candidate: str,
                     reference: str, ref_states: tuple[list[str], list[np.ndarray]] | None = None,
                     growth: float = GROWTH, floor: float | None = None,
                     dtypes: Sequence[str | None] = ()) -> Localization:
@@ -114,19 +115,19 @@ def localize_record(backend: Any, record: dict, case_id: str, *, candidate: str,
                              "(of other shapes): they are not the same architecture")
         return localize_states(case_id, names, ref, states, reference, candidate, growth, floor,
                                jump)
-    if not record.get("sketch"):
+    if not record.sketch:
         raise GoldenError(f"the golden of case '{case_id}' has no layer sketch (recorded before "
                           "sketches existed, or by a backend without hidden states): re-record "
                           "it with `specengine record-golden --update`, or localize against a "
                           "live reference with --against")
     try:
-        return localize_sketch(case_id, record["sketch"], names, states, reference, candidate,
+        return localize_sketch(case_id, record.sketch, names, states, reference, candidate,
                                growth, floor, jump)
     except ValueError as exc:
         raise GoldenError(f"case '{case_id}': {exc}") from None
 
 
-def localize_failed_case(session: Any, result: Any, record: dict, reference: str,
+def localize_failed_case(session: Any, result: Any, record: LmCaseRecord, reference: str,
                          ref_dtype: str | None,
                          ref_states: tuple[list[str], list[np.ndarray]] | None = None,
                          live: bool = False) -> None:

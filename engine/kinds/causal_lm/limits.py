@@ -9,14 +9,14 @@ naming the command that records it, raised before any model is loaded."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from specengine.compare.limits import Limits, NoiseNotRecorded
 from specengine.compare.tolerances import NOISE_METRICS
 from specengine.errors import GoldenError
+from specengine.kinds.causal_lm.golden import CaseNoise, LmCaseRecord
 from specengine.spec import Case, Spec
 
-PATHS = ("prefill", "decode")
 
 
 @dataclass(frozen=True)
@@ -29,17 +29,17 @@ class CaseLimits:
     prefill: Limits
     decode: Limits
     own: Limits
-    noise: Mapping[str, Mapping[str, float]] | None = None
+    noise: CaseNoise | None = None
 
     def ratios(self, path: str, measured: Mapping[str, Any]) -> dict[str, float] | None:
         """The candidate's error ÷ the reference's noise on `path` (None without noise; a
         noise of 0 gives no ratio for that metric)."""
-        noise = (self.noise or {}).get(path)
-        if not noise:
+        if self.noise is None:
             return None
+        noise = self.noise.path(path).as_dict()
         out = {}
         for metric in NOISE_METRICS.values():
-            value, base = measured.get(metric), noise.get(metric)
+            value, base = measured.get(metric), noise[metric]
             if value is not None and base:
                 out[metric] = float(value) / float(base)
         return out
@@ -47,37 +47,24 @@ class CaseLimits:
     def metrics(self, path: str, measured: Mapping[str, Any]) -> dict[str, Any]:
         """A check's limit metrics on `path`, with the noise and the ratios when known."""
         out = (self.prefill if path == "prefill" else self.decode).metrics()
-        noise = (self.noise or {}).get(path)
-        if noise:
-            out["noise"] = dict(noise)
+        if self.noise is not None:
+            out["noise"] = self.noise.path(path).as_dict()
             out["noise_ratio"] = self.ratios(path, measured)
         return out
 
 
-def noise_of(record: Mapping[str, Any], klass: str) -> Mapping[str, Mapping[str, float]] | None:
-    """A golden case record's noise of `klass` ({prefill: {...}, decode: {...}}), if any."""
-    return (record.get("noise") or {}).get(klass)
-
-
-def worse(noise: Mapping[str, Mapping[str, float]] | None) -> dict[str, float] | None:
-    """Per metric, the larger of the two paths' noise (what consistency is judged by)."""
-    if not noise:
-        return None
-    return {m: max(float(noise[p][m]) for p in PATHS if p in noise)
-            for m in NOISE_METRICS.values()}
-
-
 def case_limits(spec: Spec, case: Case, klass: str, own_class: str, backend: str | None,
-                record: Mapping[str, Any] | None, golden_path: str = "the golden") -> CaseLimits:
+                record: LmCaseRecord | None, golden_path: str = "the golden") -> CaseLimits:
     """Resolve a case's limits; GoldenError (exit 2) when a relative limit has no noise."""
-    noise = noise_of(record or {}, klass)
-    own_noise = noise_of(record or {}, own_class)
+    noise = record.noise_of(klass) if record is not None else None
+    own_noise = record.noise_of(own_class) if record is not None else None
     try:
         return CaseLimits(
             klass=klass,
-            prefill=spec.limits(case, klass, backend, (noise or {}).get("prefill")),
-            decode=spec.limits(case, klass, backend, (noise or {}).get("decode")),
-            own=spec.limits(case, own_class, backend, worse(own_noise)),
+            prefill=spec.limits(case, klass, backend, _of(noise, "prefill")),
+            decode=spec.limits(case, klass, backend, _of(noise, "decode")),
+            own=spec.limits(case, own_class, backend,
+                            own_noise.worse().as_dict() if own_noise else None),
             noise=noise)
     except NoiseNotRecorded as exc:
         raise GoldenError(
@@ -87,9 +74,5 @@ def case_limits(spec: Spec, case: Case, klass: str, own_class: str, backend: str
             f"{spec.path} --noise {exc.klass}`") from None
 
 
-def check_noise_records(spec: Spec, cases: Iterable[Case], records: Mapping[str, Any],
-                        klass: str, own_class: str, backend: str | None,
-                        golden_path: str) -> None:
-    """Every case's limits resolve (before a model is loaded): exit 2 otherwise."""
-    for case in cases:
-        case_limits(spec, case, klass, own_class, backend, records.get(case.id), golden_path)
+def _of(noise: CaseNoise | None, path: str) -> dict[str, float] | None:
+    return noise.path(path).as_dict() if noise is not None else None

@@ -1,28 +1,28 @@
 """Localization: which layer does a candidate start to drift at? The per-layer
 numbers and the flagging rule are pure functions (compare.layers, where the rule is
 documented); this module runs the two sides (`specengine localize`, `check --localize`)
-and renders the answer."""
+and returns the localizations, which the command line renders and writes."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from specengine.backends.registry import config_for
 from specengine.compare.layers import GROWTH, Localization
-from specengine.errors import UsageError
-from specengine.files import atomic_write_text
-from specengine.golden.store import default_golden_dir, golden_path
-from specengine.kinds.base import select_cases
-from specengine.kinds.causal_lm.golden import check_staleness
-from specengine.kinds.causal_lm.golden import load_golden
-from specengine.kinds.causal_lm.layers import capture, localize_record, teacher_forced_ids
+from specengine.errors import SpecEngineError, UsageError
+from specengine.golden.store import golden_path
+from specengine.kinds.policy import select_cases
+from specengine.kinds.causal_lm.golden import LmCaseRecord, load_golden, staleness
+from specengine.kinds.causal_lm.layers import (capture, localization_summary, localize_failed_case,
+                                               localize_record, teacher_forced_ids)
 from specengine.kinds.causal_lm.localize_decode import localize_decode_record
 from specengine.kinds.causal_lm.record import record_case
-from specengine.loading.session import open_session
+from specengine.loading.session import (Session, open_session, prompt_ids_for, reference_source,
+                                        tokenizer_for)
 from specengine.progress import bar
-from specengine.report.render import environment
+from specengine.results import FAIL, PASS, CaseResult, Side
 
 
 def localize_spec(spec: Any, case_ids: list[str] | None, backend: str, against: str | None,
@@ -44,7 +44,7 @@ def localize_spec(spec: Any, case_ids: list[str] | None, backend: str, against: 
         try:
             records = {}
             for case in bar(cases, f"reference {spec.name} on {ref_name}", len(cases)):
-                records[case.id] = record_case(session, case, sketch=False)
+                records[case.id] = record_case(session, case, sketch=False)[0]
                 if path != "decode":
                     ref_states[case.id] = capture(session.backend,
                                                   teacher_forced_ids(records[case.id]))
@@ -54,9 +54,12 @@ def localize_spec(spec: Any, case_ids: list[str] | None, backend: str, against: 
     else:
         ref_name = spec.reference
         golden = load_golden(golden_path(golden_dir, spec.name, ref_name), spec.name)
-        check_staleness(spec, golden, ref_name, cases)
-        records = {case.id: golden.cases[case.id] for case in cases}
-        ref_dtype = golden.data.get("recorded_with", {}).get("dtype")
+        tok = tokenizer_for(spec)
+        golden = staleness(golden, reference_source(spec, ref_name).fingerprint,
+                           [(c, prompt_ids_for(tok, c)) for c in cases],
+                           str(spec.path)).raise_if_stale()
+        records = {case.id: golden.case(case.id) for case in cases}
+        ref_dtype = golden.side().dtype or None
         reference = f"golden {ref_name}"
     session = open_session(spec, cand_name)
     try:
@@ -77,59 +80,41 @@ def localize_spec(spec: Any, case_ids: list[str] | None, backend: str, against: 
     return out
 
 
-def render_text(loc: Localization) -> str:
-    """Terminal table of one localization, the first flagged layer marked."""
-    full = loc.mode == "full"
-    head = (f"  {'layer':<22}{'rel_err':>10}{'growth':>8}{'cosine':>11}{'norm':>8}"
-            + (f"{'max|Δ|':>10}{'max rel':>10}{'<1e-3':>7}{'<5e-3':>7}" if full else ""))
-    lines = [f"localize case {loc.case_id}: {loc.candidate} vs {loc.reference} "
-             f"({loc.mode}, {loc.positions} positions)", head]
-    for m in loc.layers:
-        mark = "▶" if m.index == loc.first_flagged else ("!" if m.flagged else " ")
-        growth = "—" if m.growth is None else f"{m.growth:.3g}"
-        row = (f"{mark} {m.name:<22}{m.rel_err:>10.3g}{growth:>8}{m.cosine:>11.6f}"
-               f"{m.norm_ratio:>8.4f}")
-        if full:
-            row += (f"{m.max_abs:>10.3g}{m.max_rel:>10.3g}{m.frac_rel_lt_1e3:>7.3f}"
-                    f"{m.frac_rel_lt_5e3:>7.3f}")
-        lines.append(row)
-    lines.append(loc.summary)
-    lines += [f"note: {n}" for n in loc.notes]
-    return "\n".join(lines)
+def localize_after_check(wanted: bool | str, session: Session, result: CaseResult,
+                         record: LmCaseRecord, ref_side: Side, ref_states: Any, live: bool,
+                         notes: list[str]) -> None:
+    """check --localize on one judged case: a failing case (every case with "all") gets
+    its localization — on the decode path when only that path failed (the candidate's
+    incremental states against its own one-pass states), else per layer against the
+    reference; a passing case with a flagged layer gets a warning note."""
+    if not (wanted == "all" or (wanted and result.status == FAIL)):
+        return
+    if result.status == FAIL and decode_only_failure(result):
+        localize_decode(session, result, record)
+    elif result.status in (FAIL, PASS):
+        localize_failed_case(session, result, record, ref_side.backend, ref_side.dtype,
+                             ref_states, live=live)
+    flagged = (result.localization or {}).get("first_flagged_name")
+    if result.status == PASS and flagged:
+        notes.append(f"warning: case '{result.id}' passes its limits, but localize flags "
+                     f"{flagged}: {localization_summary(result.localization)}")
 
 
-def render_html(locs: Sequence[Localization], spec_name: str) -> str:
-    """A self-contained HTML page (templates/localize.html.j2) for the command."""
-
-    dicts = [loc.to_dict() for loc in locs]
-    first = locs[0] if locs else None
-    return environment().get_template("localize.html.j2").render(
-        locs=dicts, spec_name=spec_name, candidate=first.candidate if first else "",
-        reference=first.reference if first else "")
+def decode_only_failure(result: CaseResult) -> bool:
+    """The decode path (or the candidate's prefill/decode consistency) failed while the
+    one-pass comparison passed: the bug lives on the incremental-decode path."""
+    status = {c.name: c.status for c in result.checks}
+    return (FAIL in (status.get("decode"), status.get("consistency"))
+            and status.get("teacher-forced") == PASS)
 
 
-def to_json(locs: Sequence[Localization], spec_name: str) -> str:
-    import json
-
-    return json.dumps({"format": 1, "spec": spec_name, "localizations": [l.to_dict() for l in locs]},
-                      indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False)
-
-
-def cli_main(args: Any, load_specs: Any) -> int:
-    """`specengine localize SPEC --backend X [--against Y] [--case ID]...`: prints the
-    per-layer table of each case; --json / --html write them. Exit 1 when a layer is
-    flagged in some case, 0 when none is."""
-    spec = load_specs([args.spec])[0]
-    locs = localize_spec(spec, args.case, args.backend, args.against,
-                         args.golden_dir or default_golden_dir(spec.path), args.growth, args.floor,
-                         path=getattr(args, "path", "prefill"))
-    for loc in locs:
-        print(render_text(loc))
-        print()
-    if args.json:
-        atomic_write_text(args.json, to_json(locs, spec.name) + "\n")
-        print(f"json: {args.json}")
-    if args.html:
-        atomic_write_text(args.html, render_html(locs, spec.name))
-        print(f"html: {args.html}")
-    return 1 if any(loc.first_flagged is not None for loc in locs) else 0
+def localize_decode(session: Session, result: CaseResult, record: LmCaseRecord) -> None:
+    """check --localize for a decode-path failure: the first layer whose incremental state
+    departs from the candidate's own one-pass state (a problem becomes the `error`)."""
+    try:
+        loc = localize_decode_record(session.backend, record, result.id,
+                                     candidate=session.config.name, dtype=session.config.dtype,
+                                     quantization=session.config.quantization)
+        result.localization = loc.to_dict()
+    except SpecEngineError as exc:
+        result.localization = {"case_id": result.id, "error": exc.one_line()}

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from specengine.compare import tokens as compare
-from specengine.kinds.causal_lm.decode import clear_of_ties
+from specengine.kinds.causal_lm.consistency import clear_of_ties
+from specengine.kinds.causal_lm.golden import LmCaseRecord
 from specengine.compare.layers import (GROWTH, Localization, default_floor, default_jump_floor,
                                        localize_states)
 from specengine.kinds.causal_lm.layers import capture
@@ -27,24 +28,15 @@ from specengine.compare.tolerances import DEFAULTS, dtype_class
 from specengine.errors import BackendUnavailable
 
 
-def golden_topk_ids(record: dict) -> np.ndarray:
-    """(n, k) top-k ids of a golden record's steps (k: the shortest row)."""
-    steps = record["steps"]
-    if not steps:
-        return np.zeros((0, 1), np.int64)
-    k = min(len(s["ids"]) for s in steps)
-    return np.array([s["ids"][:k] for s in steps], dtype=np.int64)
-
-
-def first_bad_decode_step(backend: Any, record: dict, dtype: str,
+def first_bad_decode_step(backend: Any, record: LmCaseRecord, dtype: str,
                           quantization: dict | None = None) -> tuple[int | None, str]:
     """The generated position (≥ 1: position 0 comes from the prompt's prefill) where the
     candidate's decode path first leaves its own one-pass path, and why it was chosen."""
-    prompt, out = list(record["prompt_ids"]), list(record["output_ids"])
+    prompt, out = list(record.prompt_ids or ()), list(record.output_ids)
     if len(out) < 2:
         return None, "the golden has fewer than two generated tokens: no decode step"
     tol = DEFAULTS[dtype_class(dtype, quantization)]
-    ids = golden_topk_ids(record)
+    ids = record.steps.ids
     top_k = max(ids.shape[1], 1)
     one = backend.score(prompt, out, ids, top_k)
     inc = backend.score_incremental(prompt, out, ids, top_k)
@@ -62,7 +54,7 @@ def first_bad_decode_step(backend: Any, record: dict, dtype: str,
                   f"from its own one-pass forward is at step {step} (KL {cons.kl[step]:.3g})")
 
 
-def localize_decode_record(backend: Any, record: dict, case_id: str, *, candidate: str,
+def localize_decode_record(backend: Any, record: LmCaseRecord, case_id: str, *, candidate: str,
                            dtype: str, quantization: dict | None = None,
                            growth: float = GROWTH, floor: float | None = None,
                            step: int | None = None) -> Localization:
@@ -77,7 +69,7 @@ def localize_decode_record(backend: Any, record: dict, case_id: str, *, candidat
         step, why = first_bad_decode_step(backend, record, dtype, quantization)
     if step is None:
         raise BackendUnavailable(f"case '{case_id}': {why}")
-    prompt, out = list(record["prompt_ids"]), list(record["output_ids"])
+    prompt, out = list(record.prompt_ids or ()), list(record.output_ids)
     names, one_pass = capture(backend, prompt + out[:step])
     dec_names, decoded = capture(backend, [], run=lambda: backend.decode_hidden_states(
         prompt, out, step))

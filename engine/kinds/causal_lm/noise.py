@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import Callable, Sequence
 
 from specengine.backends.base import BackendConfig
 from specengine.backends.registry import config_for
 from specengine.compare import tokens as compare
 from specengine.compare.tolerances import FLOAT32, HALF, Tolerance, dtype_class
 from specengine.errors import BackendCrashed, UsageError
-from specengine.kinds.base import record_one
+from specengine.kinds.policy import record_one
 from specengine.kinds.causal_lm import decode
 from specengine.kinds.causal_lm.golden import LmGolden
 from specengine.loading.session import Session, open_session
@@ -69,9 +70,9 @@ def _metrics(tf) -> dict[str, float]:
 def case_noise(session: Session, case: Case, golden: LmGolden) -> dict[str, dict[str, float]]:
     """One case's error of the noise run against the golden, on both paths."""
     backend, tok = session.backend, session.tokenizer
-    record = golden.cases[case.id]
-    prompt_ids, out_ids = list(record["prompt_ids"]), list(record["output_ids"])
-    g_ids, g_lp, g_tail = golden.arrays(case.id)
+    record = golden.case(case.id)
+    prompt_ids, out_ids = list(record.prompt_ids or ()), list(record.output_ids)
+    g_ids, g_lp, g_tail = record.steps.arrays()
     if not out_ids:
         zero = {"kl_mean": 0.0, "kl_max": 0.0, "max_abs_dlogprob": 0.0}
         return {"prefill": dict(zero), "decode": dict(zero)}
@@ -92,8 +93,8 @@ def case_noise(session: Session, case: Case, golden: LmGolden) -> dict[str, dict
     return {"prefill": _metrics(one_pass), "decode": _metrics(decoded)}
 
 
-def measure_noise(spec: Spec, ref_name: str, golden: LmGolden, cases: list[Case], klass: str,
-                  bind) -> tuple[dict[str, dict], dict]:
+def measure_noise(spec: Spec, ref_name: str, golden: LmGolden, cases: list[Case], klass: str
+                  ) -> tuple[dict[str, dict], dict]:
     """Per case id the reference's own `klass` error ({prefill, decode}), and a description
     of the noise run (backend, dtype, device, settings) for the golden."""
     ref = config_for(ref_name, spec.backends)
@@ -104,7 +105,7 @@ def measure_noise(spec: Spec, ref_name: str, golden: LmGolden, cases: list[Case]
     noise_spec = replace(spec, backends={**spec.backends, config.name: config},
                          backend_models=models)
     session = open_session(noise_spec, config.name)
-    bind(session)
+    session.bind_chats()
     try:
         out = {}
         for case in progress_cases(cases, f"noise {klass}", spec.name, config.name):
@@ -118,6 +119,19 @@ def measure_noise(spec: Spec, ref_name: str, golden: LmGolden, cases: list[Case]
             "device_name": side.device_name, "dtype": side.dtype,
             "settings": {k: v for k, v in side.settings.items() if k != "device_map"}}
     return out, made
+
+
+def with_noise(spec: Spec, name: str, golden: LmGolden, classes: Sequence[str],
+               echo: Callable[[str], None]) -> LmGolden:
+    """`golden` (its prompt ids resolved) with each class's noise measured and added to
+    every case and to how its noise runs were made."""
+    cases, runs = dict(golden.cases), dict(golden.noise_runs)
+    for klass in classes:
+        measured, runs[klass] = measure_noise(spec, name, golden, list(spec.cases), klass)
+        echo(summary_line(measured, klass))
+        for cid, values in measured.items():
+            cases[cid] = cases[cid].with_noise(klass, values)
+    return replace(golden.with_cases(cases), noise_runs=runs)
 
 
 def summary_line(noise: dict[str, dict], klass: str) -> str:

@@ -348,33 +348,26 @@ def slowdown(metric: str, golden: float, candidate: float) -> float:
     return candidate / golden - 1.0 if golden > 0 else 0.0
 
 
-def judge_regression(rows: list[dict], golden_rows: list[dict], regression_max: float,
+def judge_regression(rows: Sequence, golden_rows: Sequence, regression_max: float,
                      spread_k: float = 1.0) -> list[Regression]:
-    """Compare medians with the golden's, batch size by batch size (see the module doc)."""
-    by_size = {r["batch_size"]: r for r in golden_rows}
+    """Compare medians with the golden's, batch size by batch size (see the module doc);
+    both sides are typed medians (perf_golden.Medians)."""
+    by_size = {r.batch_size: r for r in golden_rows}
     out = []
     for row in rows:
-        g = by_size.get(row["batch_size"])
+        g = by_size.get(row.batch_size)
         if g is None:
             continue
         for metric in ("ttft_ms", "tpot_ms", "tokens_per_s"):
-            gv, cv = median_of(g, metric), median_of(row, metric)
+            gv, cv = g.medians.get(metric), row.medians.get(metric)
             if gv is None or cv is None:
                 continue
             s = slowdown(metric, gv, cv)
-            spread = spread_k * (g.get("spread", {}).get(metric, 0.0)
-                                 + row.get("spread", {}).get(metric, 0.0))
+            spread = spread_k * (g.spread.get(metric, 0.0) + row.spread.get(metric, 0.0))
             allowed = max(regression_max, spread)
-            out.append(Regression(row["batch_size"], metric, gv, cv, s, spread, allowed,
+            out.append(Regression(row.batch_size, metric, gv, cv, s, spread, allowed,
                                   s > allowed))
     return out
-
-
-def median_of(row: dict, metric: str) -> float | None:
-    value = row.get(metric)
-    if isinstance(value, dict):
-        value = value.get("p50")
-    return None if value is None else float(value)
 
 
 # -- device classes and the perf golden ----------------------------------------------

@@ -7,73 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from specengine.errors import GoldenError, UsageError
-from specengine.golden.store import (GoldenFormat, default_golden_dir, golden_path,
-                                     previous_golden, read_verified, replace_golden, seal)
+from specengine.errors import GoldenError
+from specengine.golden.store import default_golden_dir, previous_golden, replace_golden
 from specengine.results import FAIL, PASS
-from specengine.kinds.causal_lm.perf import (MEASURED, PERF_GOLDEN_FORMAT,
-                                             PerfMeasurement, PerfSettings, device_class,
-                                             judge_budgets, judge_regression, length_groups,
-                                             measure, measure_ttft_by_length, median_of,
-                                             summarise_all, summarise_by_length)
+from specengine.kinds.causal_lm.perf import (MEASURED, PerfSettings, judge_budgets,
+                                             judge_regression, length_groups, measure,
+                                             measure_ttft_by_length, summarise_all,
+                                             summarise_by_length)
+from specengine.kinds.causal_lm.perf_golden import (build_perf_golden, load_perf_data,
+                                                    load_perf_golden, medians, perf_changes,
+                                                    perf_golden_path, setup_of)
 from specengine.loading.session import Session, open_session
 from specengine.spec import Spec
-
-PERF_FORMAT = GoldenFormat(kind="perf", version=PERF_GOLDEN_FORMAT, what="perf golden",
-                           required=("spec", "device_class", "setup", "rows"),
-                           rerecord="`specengine record-golden --perf --update`")
-
-
-def perf_golden_path(golden_dir: Path, spec_name: str, backend: str, device_name: str,
-                     dtype: str) -> Path:
-    """golden/<spec>/perf/<backend>--<device slug>--<dtype>.json, confined to golden_dir."""
-    golden_path(golden_dir, spec_name, backend)          # validates both names
-    root = Path(golden_dir).resolve()
-    path = (root / spec_name / "perf" / f"{device_class(backend, device_name, dtype)}.json").resolve()
-    if not path.is_relative_to(root):
-        raise UsageError(f"perf golden path {path} would leave the golden folder {root}")
-    return path
-
-
-def _setup(m: PerfMeasurement) -> dict:
-    """What must match for two measurements to be comparable."""
-    return {"prompt_tokens": m.prompt_tokens, "new_tokens": m.new_tokens,
-            "model_fingerprint": m.model_fingerprint}
-
-
-def build_perf_golden(spec_name: str, m: PerfMeasurement) -> dict:
-    data = {"format": PERF_GOLDEN_FORMAT, "kind": "perf", "spec": spec_name,
-            "device_class": {"backend": m.backend, "device_name": m.device_name, "dtype": m.dtype},
-            "recorded_with": {"runtime": m.runtime, "device": m.device, "versions": m.versions,
-                              "settings": m.settings, "peak_mem_kind": m.peak_mem_kind,
-                              "warmup": m.warmup, "runs": m.runs},
-            "setup": _setup(m), "load_s": m.load_s, "rows": summarise_all(m)}
-    return seal(data)
-
-
-def load_perf_golden(path: Path, spec_name: str) -> dict:
-    """Read and verify a perf golden; GoldenError (exit 2) naming the problem."""
-    return read_verified(path, PERF_FORMAT, spec_name)
-
-
-def perf_changes(old: dict, new: dict) -> list[str]:
-    """What re-recording a perf golden changed: medians per batch size."""
-    lines = []
-    olds = {r["batch_size"]: r for r in old.get("rows", [])}
-    for row in new["rows"]:
-        o = olds.get(row["batch_size"])
-        if o is None:
-            lines.append(f"  + batch {row['batch_size']} (new)")
-            continue
-        for metric in ("ttft_ms", "tpot_ms", "tokens_per_s"):
-            a, b = median_of(o, metric), median_of(row, metric)
-            if a and b is not None:
-                lines.append(f"  ~ batch {row['batch_size']} {metric}: {a:.4g} -> {b:.4g} "
-                             f"({b / a - 1:+.1%})")
-    if old.get("setup") != new.get("setup"):
-        lines.insert(0, f"  ~ setup: {old.get('setup')} -> {new.get('setup')}")
-    return lines or ["  (no change)"]
-
 
 def record_perf_golden(spec: Spec, backend_name: str, golden_dir: Path, update: bool = False,
                        echo: Callable[[str], None] = print) -> Path:
@@ -84,15 +29,15 @@ def record_perf_golden(spec: Spec, backend_name: str, golden_dir: Path, update: 
         side = session.side()
         path = perf_golden_path(golden_dir, spec.name, side.backend, side.device_name,
                                 side.dtype)
-        old = previous_golden(path, update, lambda p: load_perf_golden(p, spec.name), echo,
+        old = previous_golden(path, update, lambda p: load_perf_data(p, spec.name), echo,
                               "perf golden")
         m = measure(session.backend, _streams(session), settings, _top_k(spec))
     finally:
         session.close()
     m.model_fingerprint = session.resolved.fingerprint
-    data = build_perf_golden(spec.name, m)
-    replace_golden(path, data, old, perf_changes, echo)
-    for row in data["rows"]:
+    rows = summarise_all(m)
+    replace_golden(path, build_perf_golden(spec.name, m, rows), old, perf_changes, echo)
+    for row in rows:
         echo(f"  batch {row['batch_size']}: {_row_line(row)}")
     return path
 
@@ -152,13 +97,13 @@ def check_perf(session: Session, spec: Spec, golden_dir: Path | None) -> dict[st
                                        f"{m.device_class} (record-golden --perf)")
         else:
             golden = load_perf_golden(path, spec.name)
-            if golden["setup"] != _setup(m):
-                raise GoldenError(f"perf golden {path} was measured with {golden['setup']}, "
-                                  f"this run with {_setup(m)}; re-record it with "
+            if dict(golden.setup) != setup_of(m):
+                raise GoldenError(f"perf golden {path} was measured with {dict(golden.setup)}, "
+                                  f"this run with {setup_of(m)}; re-record it with "
                                   "`specengine record-golden --perf --update`")
             gates.append("relative")
-            regs = judge_regression(rows, golden["rows"], settings.regression_max,
-                                    settings.spread_k)
+            regs = judge_regression([medians(r) for r in rows], golden.rows,
+                                    settings.regression_max, settings.spread_k)
             bad = [r for r in regs if r.regressed]
             report["regressions"] = [r.__dict__ for r in regs]
             report["failures"] += [r.describe() for r in bad]

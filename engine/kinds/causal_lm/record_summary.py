@@ -10,10 +10,11 @@ An `expect` on that later text then fails although the port is fine.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from specengine.compare.tolerances import HALF
+from specengine.errors import SpecEngineError
+from specengine.kinds.causal_lm.golden import LmCaseRecord, Steps, load_golden
 from specengine.report.text import one_line, truncate
 from specengine.token_display import joined, token_pieces
 from specengine.loading.sources import resolve
@@ -28,13 +29,15 @@ def _margin(case) -> float:
     return float(case.limits(HALF, absolute_only=True).values.max_margin or 0.5)
 
 
-def near_ties(record: dict, margin: float) -> list[tuple[int, float, int, int]]:
+def near_ties(steps: Steps, margin: float) -> list[tuple[int, float, int, int]]:
     """(step, lead in nats, top-1 id, runner-up id) of every near-tie step."""
     out = []
-    for step, entry in enumerate(record.get("steps") or []):
-        lp, ids = entry.get("logprobs") or [], entry.get("ids") or []
-        if len(lp) >= 2 and len(ids) >= 2 and lp[0] - lp[1] < margin:
-            out.append((step, float(lp[0] - lp[1]), int(ids[0]), int(ids[1])))
+    if steps.ids.shape[1] < 2:
+        return out
+    for step in range(len(steps)):
+        lead = float(steps.logprobs[step][0] - steps.logprobs[step][1])
+        if lead < margin:
+            out.append((step, lead, int(steps.ids[step][0]), int(steps.ids[step][1])))
     return out
 
 
@@ -68,47 +71,49 @@ def _tokenizer(spec):
 def summary_lines(spec, path: Path) -> list[str]:
     """Per case: its continuation, and a warning per near-tie step when the case has a
     text expectation (a note otherwise)."""
-    try:
-        data = json.loads(Path(path).read_text("utf-8"))
-    except (OSError, ValueError):
-        return []
-    records = data.get("cases")
-    if not isinstance(records, dict) or not any("output_ids" in r for r in records.values()):
+    if spec.kind != "causal-lm":
         return []                    # embedding and ops goldens have no continuation
+    try:
+        golden = load_golden(path, spec.name)
+    except SpecEngineError:
+        return []
     tok = _tokenizer(spec)
     lines = []
     for case in spec.cases:
-        record = records.get(case.id)
-        if not isinstance(record, dict) or "output_ids" not in record:
+        record = golden.cases.get(case.id)
+        if record is None:
             continue
-        ids = [int(i) for i in record["output_ids"]]
-        if tok is not None:
-            text = joined(token_pieces(tok.token_strings(ids), tok.token_bytes(ids), ids))
-        else:
-            text = str(record.get("output_text", ""))
-        lines.append(f"  {one_line(case.id)}: {truncate(one_line(text), TEXT_WIDTH)}")
-        textual = [k for k in (case.expect or {}) if k not in ("token_ids", "min_prob")]
-        ties = near_ties(record, _margin(case))
-        if not ties:
-            continue
-        if textual and tok is not None:
-            # a tie after the expectation is already met cannot fail it
-            settled = settled_step(case.expect, ids, tok.decode)
-            if all(t[0] >= settled for t in ties):
-                textual = []
-        step, lead, top, runner = ties[0]
-        if tok is not None:
-            a, b = (one_line(s) for s in tok.token_strings([top, runner]))
-        else:
-            a, b = f"id {top}", f"id {runner}"
-        steps = ", ".join(str(t[0]) for t in ties)
-        first = (f"near-tie step{'s' if len(ties) > 1 else ''} {steps} (top-1 leads its "
-                 f"runner-up by < max_margin {_margin(case):g} nats; at step {step} "
-                 f"‘{a}’ leads ‘{b}’ by {lead:.3f})")
-        if textual:
-            lines.append(f"    warning: expect.{', expect.'.join(textual)} is fragile: {first}; "
-                         "a candidate may take the runner-up, which the divergence rule "
-                         "accepts, and write another text from there")
-        else:
-            lines.append(f"    {first}")
+        lines += _case_lines(case, record, tok)
+    return lines
+
+
+def _case_lines(case, record: LmCaseRecord, tok) -> list[str]:
+    ids = [int(i) for i in record.output_ids]
+    text = (joined(token_pieces(tok.token_strings(ids), tok.token_bytes(ids), ids))
+            if tok is not None else record.output_text)
+    lines = [f"  {one_line(case.id)}: {truncate(one_line(text), TEXT_WIDTH)}"]
+    textual = [k for k in (case.expect or {}) if k not in ("token_ids", "min_prob")]
+    ties = near_ties(record.steps, _margin(case))
+    if not ties:
+        return lines
+    if textual and tok is not None:
+        # a tie after the expectation is already met cannot fail it
+        settled = settled_step(case.expect, ids, tok.decode)
+        if all(t[0] >= settled for t in ties):
+            textual = []
+    step, lead, top, runner = ties[0]
+    if tok is not None:
+        a, b = (one_line(s) for s in tok.token_strings([top, runner]))
+    else:
+        a, b = f"id {top}", f"id {runner}"
+    steps = ", ".join(str(t[0]) for t in ties)
+    first = (f"near-tie step{'s' if len(ties) > 1 else ''} {steps} (top-1 leads its "
+             f"runner-up by < max_margin {_margin(case):g} nats; at step {step} "
+             f"‘{a}’ leads ‘{b}’ by {lead:.3f})")
+    if textual:
+        lines.append(f"    warning: expect.{', expect.'.join(textual)} is fragile: {first}; "
+                     "a candidate may take the runner-up, which the divergence rule "
+                     "accepts, and write another text from there")
+    else:
+        lines.append(f"    {first}")
     return lines

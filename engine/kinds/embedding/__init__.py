@@ -14,7 +14,6 @@ Pooling is done here, in float64 from the backend's last hidden state (or the mo
 pooler output), so every backend is pooled the same way.
 """
 
-from specengine.kinds.base import Kind
-from specengine.kinds.embedding.run import check_embedding_spec, record_embedding_golden
+from specengine.kinds.embedding.kind import Embedding
 
-KIND = Kind(name="embedding", record=record_embedding_golden, check=check_embedding_spec)
+KIND = Embedding()

@@ -26,8 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dataclasses import dataclass
+from typing import Any, Mapping
+
 from specengine.errors import GoldenError
-from specengine.golden.store import Golden, GoldenFormat, content_hash, read_verified
+from specengine.golden.store import GoldenFormat, content_hash, read_verified
+from specengine.results import Side
 
 EMBEDDING_GOLDEN_FORMAT = 1
 FORMAT = GoldenFormat(kind="embedding", version=EMBEDDING_GOLDEN_FORMAT, what="embedding golden",
@@ -80,25 +84,100 @@ def embedding_case_hash(inputs: dict, settings: dict, fingerprint: str) -> str:
 
 
 def build_embedding_golden(spec_name: str, backend: str, fingerprint: str, source: str,
-                           environment: dict, settings: dict, cases: dict[str, dict]) -> dict:
+                           environment: dict, settings: dict,
+                           cases: Mapping[str, EmbeddingCaseRecord]) -> dict:
     data = {"format": EMBEDDING_GOLDEN_FORMAT, "spec": spec_name, "backend": backend,
             "kind": "embedding", "model": {"fingerprint": fingerprint, "source": source},
-            "recorded_with": environment, "settings": settings, "cases": cases}
+            "recorded_with": environment, "settings": settings,
+            "cases": {cid: rec.encode() for cid, rec in cases.items()}}
     data = json.loads(json.dumps(data, sort_keys=True, ensure_ascii=False))
     data["content_sha256"] = content_hash(data)
     return data
 
 
-def load_embedding_golden(path: Path, spec_name: str | None = None) -> Golden:
+@dataclass(frozen=True)
+class EmbeddingCaseRecord:
+    """One case of an embedding golden (or of a live reference run): its staleness hash,
+    its inputs as described, and its stored outputs (decoded on demand)."""
+
+    id: str
+    hash: str
+    inputs: Any
+    stored: Mapping[str, Mapping[str, Any]]     # output name -> encoded array
+    where: str = ""
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """The decoded output arrays (pooled, last_hidden_state)."""
+        return {name: decode_array(rec, f"{self.where}case '{self.id}' {name}")
+                for name, rec in self.stored.items()}
+
+    def lengths(self) -> list[int] | None:
+        """The token count of each input, where the last hidden state was kept."""
+        hidden = self.stored.get("last_hidden_state") or {}
+        return hidden.get("lengths")
+
+    def encode(self) -> dict:
+        return {"hash": self.hash, "inputs": self.inputs, "outputs": dict(self.stored)}
+
+
+@dataclass(frozen=True)
+class EmbeddingGolden:
+    path: Path
+    spec: str
+    backend: str
+    fingerprint: str
+    source: str
+    recorded_with: Mapping[str, Any]
+    pooling: str
+    normalize: Any
+    outputs: tuple[str, ...]
+    cases: Mapping[str, EmbeddingCaseRecord]
+
+    def case(self, case_id: str) -> EmbeddingCaseRecord:
+        return self.cases[case_id]
+
+    def side(self) -> Side:
+        return Side.of_recording(dict(self.recorded_with), self.fingerprint, self.source)
+
+
+def decode_golden(data: Mapping[str, Any], path: Path) -> EmbeddingGolden:
+    where = f"golden {path}: "
+    settings = data["settings"]
+    return EmbeddingGolden(
+        Path(path), data["spec"], data["backend"], data["model"]["fingerprint"],
+        data["model"]["source"], dict(data.get("recorded_with") or {}), settings["pooling"],
+        settings["normalize"], tuple(settings["outputs"]),
+        {cid: EmbeddingCaseRecord(cid, rec["hash"], rec.get("inputs"), dict(rec["outputs"]),
+                                  where) for cid, rec in data["cases"].items()})
+
+
+def load_embedding_data(path: Path, spec_name: str | None = None) -> dict:
     """Read and verify an embedding golden; GoldenError (exit 2) naming the problem."""
-    return Golden(Path(path), read_verified(path, FORMAT, spec_name))
+    return read_verified(path, FORMAT, spec_name)
 
 
-def case_outputs(golden: Golden, case_id: str) -> dict[str, np.ndarray]:
-    """The decoded output arrays of one case (pooled, last_hidden_state)."""
-    outputs = golden.cases[case_id]["outputs"]
-    return {name: decode_array(rec, f"golden {golden.path}: case '{case_id}' {name}")
-            for name, rec in outputs.items()}
+def load_embedding_golden(path: Path, spec_name: str | None = None) -> EmbeddingGolden:
+    return decode_golden(load_embedding_data(path, spec_name), Path(path))
+
+
+def staleness(golden: EmbeddingGolden, fingerprint: str, settings: dict,
+              cases: list[tuple[Any, dict]], spec_path: str) -> str | None:
+    """The first problem that makes the golden stale for these (case, input digest) pairs:
+    another model, a case it lacks, other inputs or settings; None when it fits. Pure."""
+    if fingerprint != golden.fingerprint:
+        return (f"golden {golden.path} was recorded from another model "
+                f"({golden.fingerprint[:23]}…, now {fingerprint[:23]}…); re-record it with "
+                "--update")
+    for case, digest in cases:
+        record = golden.cases.get(case.id)
+        if record is None:
+            return (f"case '{case.id}' ({spec_path}:{case.line}) has no golden in "
+                    f"{golden.path}; re-record with --update")
+        if embedding_case_hash(digest, settings, fingerprint) != record.hash:
+            return (f"golden for case '{case.id}' ({spec_path}:{case.line}) is stale: its "
+                    "inputs or embedding settings changed since it was recorded; re-record "
+                    "with `specengine record-golden --update`")
+    return None
 
 
 def describe_embedding_changes(old: dict, new: dict, limit: int = 40) -> list[str]:

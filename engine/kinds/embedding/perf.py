@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from specengine.errors import SpecEngineError
-from specengine.kinds.base import described
+from specengine.kinds.policy import described
 from specengine.kinds.embedding.inputs import PreparedInputs
 from specengine.kinds.timing import percentiles
 from specengine.results import ERROR, FAIL, PASS

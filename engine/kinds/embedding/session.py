@@ -24,6 +24,8 @@ class EmbeddingSession:
     session: Session
     preparer: InputPreparer
     prepared: dict[str, PreparedInputs] = field(default_factory=dict)
+    # pooling and normalisation resolved on the first case recorded (the golden's settings)
+    resolved: dict[str, Any] = field(default_factory=dict)
 
     @property
     def spec(self) -> Spec:
@@ -38,7 +40,7 @@ class EmbeddingSession:
         return self.session.backend
 
     @property
-    def resolved(self) -> ResolvedSource:
+    def source(self) -> ResolvedSource:
         return self.session.resolved
 
     @property

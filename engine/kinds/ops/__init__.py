@@ -28,7 +28,6 @@ the spec's reference backend when it exists — stale settings or different inpu
 since the oracle is computed live.
 """
 
-from specengine.kinds.base import Kind
-from specengine.kinds.ops.run import check_ops_spec, record_ops_golden
+from specengine.kinds.ops.kind import Ops
 
-KIND = Kind(name="ops", record=record_ops_golden, check=check_ops_spec)
+KIND = Ops()

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
 from specengine.compare.arrays import array_stats, dtype_error, limit_failures
+from specengine.kinds.ops.golden import RecordedOutput
 from specengine.kinds.ops.runner import round_to
 from specengine.results import FAIL, NOT_RUN, PASS, Check
 from specengine.compare.limits import Limits
@@ -19,7 +21,7 @@ _INT_OUTPUTS = {"ids"}
 
 def float_check(name: str, reference: np.ndarray, candidate: np.ndarray, oracle: np.ndarray,
                 dtype: str, limits: Limits, self_check: bool, reduction: int,
-                recorded: dict | None = None) -> Check:
+                recorded: RecordedOutput | None = None) -> Check:
     """Metrics of one float output; fails on the limits of its class (a self-check only
     reports)."""
     tol = limits.values
@@ -38,14 +40,14 @@ def float_check(name: str, reference: np.ndarray, candidate: np.ndarray, oracle:
                f"rel<1e-3 {stats.rel_share_1e3:.1%}, rel<5e-3 {stats.rel_share_5e3:.1%}, cosine min "
                f"{stats.cosine_min:.6f}; {derr.dtype_error_ratio:.3g}x the {dtype} rounding error "
                f"({derr.max_err_dtype_units:.3g} units of u at the output's scale)")
-    if recorded and recorded.get("dtype_error_ratio") is not None:
-        summary += (f"; reference {recorded.get('backend')} ({recorded.get('dtype')}): "
-                    f"{recorded['dtype_error_ratio']:.3g}x")
+    if recorded is not None and recorded.dtype_error_ratio is not None:
+        summary += (f"; reference {recorded.backend} ({recorded.dtype}): "
+                    f"{recorded.dtype_error_ratio:.3g}x")
     metrics = {**stats.as_dict(), **derr.as_dict(), "reduction_length": reduction,
                "comparison": "self-check" if self_check else "cross-backend",
                **limits.metrics()}
-    if recorded:
-        metrics["reference_recorded"] = recorded
+    if recorded is not None:
+        metrics["reference_recorded"] = recorded.as_metrics()
     if self_check:
         zero = stats.max_abs_err == 0.0
         return Check(name, PASS if not failures else FAIL,
@@ -93,7 +95,7 @@ def _aligned_weights(ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def routing_checks(case: OpCase, ref: dict, cand: dict, oracle: dict, dtype: str,
-                   self_check: bool, inputs: dict, recorded: dict | None,
+                   self_check: bool, inputs: dict, recorded: Mapping | None,
                    limits: Limits) -> list[Check]:
     tol = limits.values
     bias = inputs.get("bias")
