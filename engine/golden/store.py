@@ -15,10 +15,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from specengine.errors import GoldenError, UsageError
 from specengine.files import atomic_write_text, read_golden_json
+from specengine.results import Side
 from specengine.spec.load import schema
 
 PROJECT_MARKERS = (".git", "pyproject.toml", "setup.cfg", "setup.py")
@@ -107,16 +108,46 @@ def seal(data: dict) -> dict:
     return data
 
 
-@dataclass
-class Golden:
-    """A verified golden file: where it is and what it holds."""
+@dataclass(frozen=True)
+class ModelGolden:
+    """What every golden of a model holds besides its cases: where it is, its spec, the
+    backend that recorded it, the model (fingerprint, source) and the recording side."""
 
     path: Path
-    data: dict
+    spec: str
+    backend: str
+    fingerprint: str
+    source: str
+    recorded_with: Mapping[str, Any]
 
-    @property
-    def cases(self) -> dict[str, dict]:
-        return self.data["cases"]
+    def side(self) -> Side:
+        """The environment that recorded it."""
+        return Side.of_recording(dict(self.recorded_with), self.fingerprint, self.source)
+
+
+def model_header(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The ModelGolden fields of a verified golden's JSON."""
+    return {"path": Path(path), "spec": data["spec"], "backend": data["backend"],
+            "fingerprint": data["model"]["fingerprint"], "source": data["model"]["source"],
+            "recorded_with": dict(data.get("recorded_with") or {})}
+
+
+def changed_records(old: Mapping, new: Mapping, what: str,
+                    changes: Callable[[str, Any, Any], list[str]], limit: int = 40) -> list[str]:
+    """What re-recording changed record by record (`what`: case, op): added, removed,
+    and `changes(id, old, new)` for a record that differs; cut at `limit` lines."""
+    lines: list[str] = []
+    for rid in sorted(set(old) | set(new)):
+        if rid not in old:
+            lines.append(f"  + {what} {rid} (new)")
+        elif rid not in new:
+            lines.append(f"  - {what} {rid} (removed)")
+        elif old[rid] != new[rid]:
+            lines += changes(rid, old[rid], new[rid])
+        if len(lines) >= limit:
+            lines.append("  … (more changes not shown)")
+            break
+    return lines
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from specengine.errors import GoldenError
-from specengine.golden.store import GoldenFormat, read_verified, seal
-from specengine.results import Side
+from specengine.golden.store import GoldenFormat, ModelGolden, model_header, read_verified, seal
 from specengine.spec.long_prompt import ids_sha256
 
 GOLDEN_FORMAT = 1
@@ -165,16 +164,10 @@ class LmCaseRecord:
 
 
 @dataclass(frozen=True)
-class LmGolden:
+class LmGolden(ModelGolden):
     """A verified causal-lm golden: where it is, what recorded it, its typed cases."""
 
-    path: Path
-    spec: str
-    backend: str
-    fingerprint: str
-    source: str
-    recorded_with: Mapping[str, Any]
-    cases: Mapping[str, LmCaseRecord]
+    cases: Mapping[str, LmCaseRecord] = field(default_factory=dict)
     inconsistent_reference: tuple[str, ...] = ()
     noise_runs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -184,19 +177,13 @@ class LmGolden:
     def with_cases(self, cases: Mapping[str, LmCaseRecord]) -> "LmGolden":
         return replace(self, cases=dict(cases))
 
-    def side(self) -> Side:
-        """The environment that recorded it."""
-        return Side.of_recording(dict(self.recorded_with), self.fingerprint, self.source)
-
 
 # -- decode -------------------------------------------------------------------------------
 
 def decode(data: Mapping[str, Any], path: Path) -> LmGolden:
     """A verified golden's JSON as typed records."""
     cases = {cid: _decode_case(cid, rec) for cid, rec in data["cases"].items()}
-    return LmGolden(path=Path(path), spec=data["spec"], backend=data["backend"],
-                    fingerprint=data["model"]["fingerprint"], source=data["model"]["source"],
-                    recorded_with=dict(data.get("recorded_with") or {}), cases=cases,
+    return LmGolden(**model_header(data, path), cases=cases,
                     inconsistent_reference=tuple(data.get("inconsistent_reference") or ()),
                     noise_runs=dict(data.get("noise") or {}))
 

@@ -4,21 +4,13 @@ hashes, noise, layer sketches), for the terminal."""
 
 from __future__ import annotations
 
+from specengine.golden.store import changed_records
+
 
 def describe_changes(old: dict, new: dict, limit: int = 40) -> list[str]:
     """What re-recording changed, case by case (deepdiff), for the terminal."""
-    lines: list[str] = []
-    old_cases, new_cases = old.get("cases", {}), new.get("cases", {})
-    for cid in sorted(set(old_cases) | set(new_cases)):
-        if cid not in old_cases:
-            lines.append(f"  + case {cid} (new)")
-        elif cid not in new_cases:
-            lines.append(f"  - case {cid} (removed)")
-        elif old_cases[cid] != new_cases[cid]:
-            lines += _case_changes(cid, old_cases[cid], new_cases[cid])
-        if len(lines) >= limit:
-            lines.append("  … (more changes not shown)")
-            break
+    lines = changed_records(old.get("cases", {}), new.get("cases", {}), "case", _case_changes,
+                            limit)
     if old.get("model") != new.get("model"):
         lines.insert(0, f"  ~ model: {old.get('model')} -> {new.get('model')}")
     return lines or ["  (no change in ids, log-probs or hashes)"]

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from specengine.errors import GoldenError
-from specengine.golden.store import GoldenFormat, content_hash, read_verified
-from specengine.results import Side
+from specengine.golden.store import (GoldenFormat, ModelGolden, changed_records, content_hash,
+                                     model_header, read_verified)
 
 EMBEDDING_GOLDEN_FORMAT = 1
 FORMAT = GoldenFormat(kind="embedding", version=EMBEDDING_GOLDEN_FORMAT, what="embedding golden",
@@ -121,34 +121,27 @@ class EmbeddingCaseRecord:
 
 
 @dataclass(frozen=True)
-class EmbeddingGolden:
-    path: Path
-    spec: str
-    backend: str
-    fingerprint: str
-    source: str
-    recorded_with: Mapping[str, Any]
-    pooling: str
-    normalize: Any
-    outputs: tuple[str, ...]
-    cases: Mapping[str, EmbeddingCaseRecord]
+class EmbeddingGolden(ModelGolden):
+    """A verified embedding golden: the pooling it was recorded with, its typed cases."""
+
+    pooling: str = "cls"
+    normalize: Any = False
+    outputs: tuple[str, ...] = ()
+    cases: Mapping[str, EmbeddingCaseRecord] = field(default_factory=dict)
 
     def case(self, case_id: str) -> EmbeddingCaseRecord:
         return self.cases[case_id]
-
-    def side(self) -> Side:
-        return Side.of_recording(dict(self.recorded_with), self.fingerprint, self.source)
 
 
 def decode_golden(data: Mapping[str, Any], path: Path) -> EmbeddingGolden:
     where = f"golden {path}: "
     settings = data["settings"]
     return EmbeddingGolden(
-        Path(path), data["spec"], data["backend"], data["model"]["fingerprint"],
-        data["model"]["source"], dict(data.get("recorded_with") or {}), settings["pooling"],
-        settings["normalize"], tuple(settings["outputs"]),
-        {cid: EmbeddingCaseRecord(cid, rec["hash"], rec.get("inputs"), dict(rec["outputs"]),
-                                  where) for cid, rec in data["cases"].items()})
+        **model_header(data, path), pooling=settings["pooling"],
+        normalize=settings["normalize"], outputs=tuple(settings["outputs"]),
+        cases={cid: EmbeddingCaseRecord(cid, rec["hash"], rec.get("inputs"),
+                                        dict(rec["outputs"]), where)
+               for cid, rec in data["cases"].items()})
 
 
 def load_embedding_data(path: Path, spec_name: str | None = None) -> dict:
@@ -187,28 +180,24 @@ def describe_embedding_changes(old: dict, new: dict, limit: int = 40) -> list[st
         lines.append(f"  ~ model: {old.get('model')} -> {new.get('model')}")
     if old.get("settings") != new.get("settings"):
         lines.append(f"  ~ settings: {old.get('settings')} -> {new.get('settings')}")
-    old_cases, new_cases = old.get("cases", {}), new.get("cases", {})
-    for cid in sorted(set(old_cases) | set(new_cases)):
-        if cid not in old_cases:
-            lines.append(f"  + case {cid} (new)")
-        elif cid not in new_cases:
-            lines.append(f"  - case {cid} (removed)")
-        else:
-            a, b = old_cases[cid], new_cases[cid]
-            if a.get("hash") != b.get("hash"):
-                lines.append(f"  ~ case {cid}: inputs, settings or model changed (hash)")
-            for name in sorted(set(a.get("outputs", {})) | set(b.get("outputs", {}))):
-                ra, rb = a.get("outputs", {}).get(name), b.get("outputs", {}).get(name)
-                if ra is None or rb is None:
-                    lines.append(f"  ~ case {cid}: output {name} {'added' if ra is None else 'removed'}")
-                elif ra["sha256"] != rb["sha256"]:
-                    ga, gb = decode_array(ra, cid), decode_array(rb, cid)
-                    if ga.shape != gb.shape:
-                        lines.append(f"  ~ case {cid}: {name} shape {list(ga.shape)} -> {list(gb.shape)}")
-                    else:
-                        d = float(np.abs(ga.astype(np.float64) - gb).max()) if ga.size else 0.0
-                        lines.append(f"  ~ case {cid}: {name} changed (max |Δ| {d:.3g})")
-        if len(lines) >= limit:
-            lines.append("  … (more changes not shown)")
-            break
+    lines += changed_records(old.get("cases", {}), new.get("cases", {}), "case",
+                             _case_changes, limit - len(lines))
     return lines or ["  (no change in outputs or hashes)"]
+
+
+def _case_changes(cid: str, a: dict, b: dict) -> list[str]:
+    lines = []
+    if a.get("hash") != b.get("hash"):
+        lines.append(f"  ~ case {cid}: inputs, settings or model changed (hash)")
+    for name in sorted(set(a.get("outputs", {})) | set(b.get("outputs", {}))):
+        ra, rb = a.get("outputs", {}).get(name), b.get("outputs", {}).get(name)
+        if ra is None or rb is None:
+            lines.append(f"  ~ case {cid}: output {name} {'added' if ra is None else 'removed'}")
+        elif ra["sha256"] != rb["sha256"]:
+            ga, gb = decode_array(ra, cid), decode_array(rb, cid)
+            if ga.shape != gb.shape:
+                lines.append(f"  ~ case {cid}: {name} shape {list(ga.shape)} -> {list(gb.shape)}")
+            else:
+                d = float(np.abs(ga.astype(np.float64) - gb).max()) if ga.size else 0.0
+                lines.append(f"  ~ case {cid}: {name} changed (max |Δ| {d:.3g})")
+    return lines

@@ -159,8 +159,9 @@ def _golden(spec: Spec, backend: str, session: EmbeddingSession, environment: di
     settings = _settings(session, spec)
     return codec.EmbeddingGolden(Path(f"<live {backend}>"), spec.name, backend,
                                  session.source.fingerprint, session.source.origin,
-                                 environment, settings["pooling"], settings["normalize"],
-                                 tuple(settings["outputs"]), dict(records))
+                                 environment, pooling=settings["pooling"],
+                                 normalize=settings["normalize"],
+                                 outputs=tuple(settings["outputs"]), cases=dict(records))
 
 
 def _check_finite(arrays: dict, name: str, case_id: str) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from specengine.golden.store import GoldenFormat, read_verified, seal
+from specengine.golden.store import GoldenFormat, changed_records, read_verified, seal
 
 OPS_GOLDEN_FORMAT = 1
 OPS_FORMAT = GoldenFormat(kind="ops", version=OPS_GOLDEN_FORMAT, what="ops golden",
@@ -103,14 +103,11 @@ def staleness(golden: OpsGolden, cases: Sequence[tuple[Any, str]], spec_path: st
 
 
 def describe_ops_changes(old: dict, new: dict) -> list[str]:
-    lines = []
-    a, b = old.get("ops", {}), new.get("ops", {})
-    for oid in sorted(set(a) | set(b)):
-        if oid not in a:
-            lines.append(f"  + op {oid} (new)")
-        elif oid not in b:
-            lines.append(f"  - op {oid} (removed)")
-        elif a[oid] != b[oid]:
-            what = [k for k in sorted(set(a[oid]) | set(b[oid])) if a[oid].get(k) != b[oid].get(k)]
-            lines.append(f"  ~ op {oid}: {', '.join(what)} changed")
+    lines = changed_records(old.get("ops", {}), new.get("ops", {}), "op", _op_changes,
+                            limit=10 ** 6)
     return lines or ["  (no change)"]
+
+
+def _op_changes(oid: str, a: dict, b: dict) -> list[str]:
+    what = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return [f"  ~ op {oid}: {', '.join(what)} changed"]
