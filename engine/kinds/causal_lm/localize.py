@@ -22,7 +22,7 @@ from specengine.kinds.causal_lm.localize_decode import localize_decode_record
 from specengine.kinds.causal_lm.record import record_case
 from specengine.loading.session import open_session
 from specengine.progress import bar
-from specengine.report.render import environment
+from specengine.report.render import render_localize
 
 
 def localize_spec(spec: Any, case_ids: list[str] | None, backend: str, against: str | None,
@@ -99,13 +99,8 @@ def render_text(loc: Localization) -> str:
 
 
 def render_html(locs: Sequence[Localization], spec_name: str) -> str:
-    """A self-contained HTML page (templates/localize.html.j2) for the command."""
-
-    dicts = [loc.to_dict() for loc in locs]
-    first = locs[0] if locs else None
-    return environment().get_template("localize.html.j2").render(
-        locs=dicts, spec_name=spec_name, candidate=first.candidate if first else "",
-        reference=first.reference if first else "")
+    """A self-contained HTML page for the command."""
+    return render_localize(locs, spec_name)
 
 
 def to_json(locs: Sequence[Localization], spec_name: str) -> str:
