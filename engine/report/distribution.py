@@ -10,7 +10,7 @@ from specengine.results import RunResult
 from specengine.report.text import is_number
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistributionRow:
     path: str
     positions: int

@@ -115,21 +115,14 @@ def _legend(top: float, items: list[tuple[str, str]]) -> list[str]:
     return out
 
 
-def layer_chart(loc: dict[str, Any] | None) -> Markup:
-    """The per-layer chart of a localization dict (Localization.to_dict()); empty when there
-    is nothing to draw."""
-    if not loc or not loc.get("layers"):
-        return Markup("")
-    layers = list(loc["layers"])
-    n = len(layers)
-    full = loc.get("mode") == "full"
-    parts: list[str] = []
+def _error_panels(loc: dict[str, Any], layers: list[dict]) -> tuple[list[str], float]:
+    """The panels every localization has — rel_err against the floor, 1 − cosine — and,
+    comparing full hidden states, max |Δ| / max rel err and the shares of small
+    element-wise errors; with the y where the x axis goes."""
     top = TITLE_H
-    panels: list[tuple[Any, float]] = []
-
     rel = _Log(top, [m.get("rel_err") for m in layers] + [loc.get("floor")])
-    parts += rel.axis(f"rel_err per layer (log) · floor {fmt(loc.get('floor'), 2)} · "
-                      f"growth × {fmt(loc.get('growth'), 3)}")
+    parts = rel.axis(f"rel_err per layer (log) · floor {fmt(loc.get('floor'), 2)} · "
+                     f"growth × {fmt(loc.get('growth'), 3)}")
     floor = loc.get("floor")
     if isinstance(floor, (int, float)) and floor > 0:
         y = rel.y(floor)
@@ -137,7 +130,6 @@ def layer_chart(loc: dict[str, Any] | None) -> Markup:
                      f'y1="{y:.1f}" x2="{WIDTH - RIGHT}" y2="{y:.1f}"><title>floor '
                      f'{escape(fmt(floor))}</title></line>')
     parts += _series(rel, layers, "rel_err", PALETTE[0], "rel_err")
-    panels.append((rel, top))
     top += PANEL_H + TITLE_H
 
     one_minus = [None if m.get("cosine") is None else max(0.0, 1.0 - m["cosine"]) for m in layers]
@@ -145,38 +137,51 @@ def layer_chart(loc: dict[str, Any] | None) -> Markup:
     parts += cos.axis("1 − cosine per layer (log)")
     parts += _series(cos, layers, "cosine", PALETTE[1], "cosine",
                      transform=lambda v: max(0.0, 1.0 - v))
-    panels.append((cos, top))
     top += PANEL_H + TITLE_H
 
-    if full:
+    if loc.get("mode") == "full":
         err = _Log(top, [m.get("max_abs") for m in layers] + [m.get("max_rel") for m in layers])
         parts += err.axis("max |Δ| and max rel err (log)")
         parts += _legend(top, [("max |Δ|", PALETTE[2]), ("max rel err", PALETTE[3])])
         parts += _series(err, layers, "max_abs", PALETTE[2], "max |Δ|")
         parts += _series(err, layers, "max_rel", PALETTE[3], "max rel err")
-        panels.append((err, top))
         top += PANEL_H + TITLE_H
         share = _Lin(top)
         parts += share.axis("share of elements with rel err under")
         parts += _legend(top, [("< 0.001", PALETTE[4]), ("< 0.005", PALETTE[5])])
         parts += _series(share, layers, "frac_rel_lt_1e3", PALETTE[4], "share < 0.001")
         parts += _series(share, layers, "frac_rel_lt_5e3", PALETTE[5], "share < 0.005")
-        panels.append((share, top))
         top += PANEL_H + TITLE_H
+    return parts, top - TITLE_H
 
-    bottom = top - TITLE_H
+
+def _first_flagged_marker(loc: dict[str, Any], n: int, bottom: float) -> list[str]:
+    """A dashed vertical line through every panel at the first flagged layer, labelled."""
     first = loc.get("first_flagged")
-    if isinstance(first, int) and 0 <= first < n:
-        x = _x(first, n)
-        parts.append(f'<line class="first-flagged" stroke="{FLAG}" stroke-width="1.5" '
-                     f'stroke-dasharray="5 4" x1="{x:.1f}" y1="{TITLE_H:.1f}" x2="{x:.1f}" '
-                     f'y2="{bottom:.1f}"/>')
-        label = f"▲ first flagged: {loc.get('first_flagged_name') or first}"
-        anchor = "end" if x > WIDTH * 0.75 else "start" if x < WIDTH * 0.25 else "middle"
-        parts.append(svg_text(x, bottom + 32, label, "first-flagged-label", anchor)
-                     .replace("<text ", f'<text style="fill: {FLAG}; font-weight: 600" ', 1))
+    if not (isinstance(first, int) and 0 <= first < n):
+        return []
+    x = _x(first, n)
+    label = f"▲ first flagged: {loc.get('first_flagged_name') or first}"
+    anchor = "end" if x > WIDTH * 0.75 else "start" if x < WIDTH * 0.25 else "middle"
+    return [f'<line class="first-flagged" stroke="{FLAG}" stroke-width="1.5" '
+            f'stroke-dasharray="5 4" x1="{x:.1f}" y1="{TITLE_H:.1f}" x2="{x:.1f}" '
+            f'y2="{bottom:.1f}"/>',
+            svg_text(x, bottom + 32, label, "first-flagged-label", anchor)
+            .replace("<text ", f'<text style="fill: {FLAG}; font-weight: 600" ', 1)]
+
+
+def layer_chart(loc: dict[str, Any] | None) -> Markup:
+    """The per-layer chart of a localization dict (Localization.to_dict()); empty when there
+    is nothing to draw."""
+    if not loc or not loc.get("layers"):
+        return Markup("")
+    layers = list(loc["layers"])
+    n = len(layers)
+    parts, bottom = _error_panels(loc, layers)
+    parts += _first_flagged_marker(loc, n, bottom)
     parts.append(f'<line class="axis" stroke="#9aa5b1" x1="{LEFT}" y1="{bottom:.1f}" '
                  f'x2="{WIDTH - RIGHT}" y2="{bottom:.1f}"/>')
+    first = loc.get("first_flagged")
     every = max(1, math.ceil(n / 16))
     for i, m in enumerate(layers):
         if i % every == 0 or i == n - 1 or i == first:

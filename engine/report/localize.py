@@ -7,7 +7,7 @@ import json
 from typing import Sequence
 
 from specengine.compare.layers import Localization
-from specengine.report.render import environment
+from specengine.report.render import render_localize
 
 
 def render_text(loc: Localization) -> str:
@@ -32,13 +32,9 @@ def render_text(loc: Localization) -> str:
 
 
 def render_html(locs: Sequence[Localization], spec_name: str) -> str:
-    """A self-contained HTML page (templates/localize.html.j2) for the command."""
-
-    dicts = [loc.to_dict() for loc in locs]
-    first = locs[0] if locs else None
-    return environment().get_template("localize.html.j2").render(
-        locs=dicts, spec_name=spec_name, candidate=first.candidate if first else "",
-        reference=first.reference if first else "")
+    """A self-contained HTML page (templates/localize.html.j2, one view model) for the
+    command."""
+    return render_localize(locs, spec_name)
 
 
 def to_json(locs: Sequence[Localization], spec_name: str) -> str:

@@ -7,7 +7,7 @@ Pure functions over `specengine.results`; no formatting beyond plain strings.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from specengine.results import ERROR, FAIL, NOT_RUN, PASS, CaseResult, RunResult, Side
@@ -93,7 +93,7 @@ def run_title(run: RunResult) -> str:
     return f"{run.candidate.backend} vs {run.reference.backend} ({run.reference_kind})"
 
 
-@dataclass
+@dataclass(frozen=True)
 class CaseMetrics:
     kl_mean: float | None = None
     kl_max: float | None = None
@@ -160,17 +160,7 @@ def failing_checks(case: CaseResult) -> list:
     return [c for c in case.checks if c.status in BAD]
 
 
-def divergence_tokens(case: CaseResult) -> tuple[str | None, str | None]:
-    """The golden's and the candidate's token at the first divergence, if any."""
-    step = case.divergence_step
-    if step is None:
-        return None, None
-    golden = case.golden_tokens[step] if 0 <= step < len(case.golden_tokens) else None
-    cand = case.candidate_tokens[step] if 0 <= step < len(case.candidate_tokens) else None
-    return golden, cand
-
-
-@dataclass
+@dataclass(frozen=True)
 class EnvRow:
     label: str
     reference: str
@@ -193,21 +183,19 @@ def env_rows(run: RunResult) -> list[EnvRow]:
         ("device name", "device_name"), ("dtype", "dtype"))]
     for key in sorted(set(ref.versions) | set(cand.versions)):
         rows.append(_row(key, ref.versions.get(key, ""), cand.versions.get(key, "")))
-    fp = _row("model fingerprint", _short_fp(ref), _short_fp(cand))
-    fp.title_reference, fp.title_candidate = ref.model_fingerprint, cand.model_fingerprint
-    fp.differs = ref.model_fingerprint != cand.model_fingerprint
+    differs = ref.model_fingerprint != cand.model_fingerprint
+    rows.append(replace(_row("model fingerprint", _short_fp(ref), _short_fp(cand)),
+                        title_reference=ref.model_fingerprint,
+                        title_candidate=cand.model_fingerprint, differs=differs))
     source = _row("model source", ref.model_source, cand.model_source)
     # the fingerprint is the identity: the same weights found at two places are the same
-    source.differs = source.differs and fp.differs
-    rows += [fp, source]
+    rows.append(replace(source, differs=source.differs and differs))
     for label, attr, what in (("model override", "model_override", "the backend's own model"),
                               ("trust_remote_code", "trust_remote_code", "runs model code")):
         row = _row(label, _flag_text(getattr(ref, attr), what), _flag_text(getattr(cand, attr), what))
-        row.flag = getattr(ref, attr) or getattr(cand, attr)
-        rows.append(row)
-    code = _row("modeling code", modeling_text(ref), modeling_text(cand))
-    code.flag = any((s.modeling or {}).get("folder_code_sha256") for s in (ref, cand))
-    rows.append(code)
+        rows.append(replace(row, flag=getattr(ref, attr) or getattr(cand, attr)))
+    rows.append(replace(_row("modeling code", modeling_text(ref), modeling_text(cand)),
+                        flag=any((s.modeling or {}).get("folder_code_sha256") for s in (ref, cand))))
     if ref.quantization or cand.quantization:
         rows.append(_row("quantization", _mapping_text(ref.quantization),
                          _mapping_text(cand.quantization)))
@@ -236,15 +224,6 @@ def _mapping_text(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}: {v}" for k, v in sorted(value.items()))
     return str(value)
-
-
-def tolerance_set(case: CaseResult) -> str:
-    """Which tolerance set judged a case (e.g. 'float32 defaults + spec: kl_mean_max')."""
-    for check in case.checks:
-        label = check.metrics.get("tolerance_set") if isinstance(check.metrics, dict) else None
-        if label and check.name in PREFERRED_CHECKS + ("decode",):
-            return str(label)
-    return ""
 
 
 def _short_fp(side: Side) -> str:
@@ -307,81 +286,3 @@ def perf_view(perf: Any) -> PerfView | None:
     messages = [str(m) for m in found] if isinstance(found, list) else [str(found)]
     return PerfView(status=str(perf.get("status", "")), rows=rows, extras=extras,
                     messages=messages)
-
-
-# --- summary matrix and continuations (HTML and Markdown) ----------------------------------
-
-@dataclass
-class Cell:
-    status: str
-    anchor: str
-    kl_max: Any = None
-    kl_max_limit: Any = None     # the limit that judged it
-
-
-@dataclass
-class SummaryRow:
-    case_id: str
-    cells: list[Cell | None]
-
-    @property
-    def bad(self) -> bool:
-        return any(c is not None and c.status != PASS for c in self.cells)
-
-
-@dataclass
-class SummaryGroup:
-    """One spec: a column per run of it, a row per case id (in first-seen order)."""
-
-    spec: str
-    runs: list[tuple[int, RunResult]]
-    rows: list[SummaryRow]
-
-
-def case_anchor(run_index: int, case_index: int) -> str:
-    return f"run{run_index}-case{case_index}"
-
-
-def summary_groups(runs: list[RunResult]) -> list[SummaryGroup]:
-    groups: dict[str, list[tuple[int, RunResult]]] = {}
-    for ri, run in enumerate(runs):
-        groups.setdefault(run.spec_name, []).append((ri, run))
-    out = []
-    for spec, members in groups.items():
-        order: dict[str, int] = {}
-        for _, run in members:
-            for case in run.cases:
-                order.setdefault(case.id, len(order))
-        rows = [SummaryRow(cid, [None] * len(members)) for cid in order]
-        for col, (ri, run) in enumerate(members):
-            for ci, case in enumerate(run.cases):
-                rows[order[case.id]].cells[col] = Cell(case.status, case_anchor(ri, ci),
-                                                       case_metrics(case).kl_max,
-                                                       tolerance(case).get("kl_max"))
-        out.append(SummaryGroup(spec, members, rows))
-    return out
-
-
-@dataclass
-class Token:
-    step: int
-    text: str
-    id: int | None
-    cls: str              # "" | "diverged" (first divergence) | "after" (past it)
-
-
-def tokens(case: CaseResult, side: str) -> list[Token]:
-    """One side's continuation ("golden" or "candidate") with the first divergence
-    and, on the candidate, every later token marked."""
-    texts = case.golden_tokens if side == "golden" else case.candidate_tokens
-    ids = case.golden_ids if side == "golden" else case.candidate_ids
-    step = case.divergence_step
-    out = []
-    for i, text in enumerate(texts):
-        cls = ""
-        if step is not None and i == step:
-            cls = "diverged"
-        elif step is not None and i > step and side == "candidate":
-            cls = "after"
-        out.append(Token(i, text, ids[i] if i < len(ids) else None, cls))
-    return out

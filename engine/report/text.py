@@ -140,19 +140,6 @@ def md_pre(text: Any, limit: int = 4000) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def md_marked(tokens: list[str], step: int | None, fallback: str = "", limit: int = 4000) -> str:
-    """A continuation for a Markdown `<pre>` block, the token at the first divergence
-    bracketed in bold: `before<b>⟦token⟧</b>after`. `fallback` is shown when there are
-    no per-token texts."""
-    if not tokens:
-        return md_pre(fallback, limit)
-    if step is None or not 0 <= step < len(tokens):
-        return md_pre("".join(tokens), limit)
-    before = md_pre("".join(tokens[:step]), limit // 2)
-    after = md_pre("".join(tokens[step + 1:]), limit // 2)
-    return f"{before}<b>⟦{md_pre(token_text(tokens[step]), 200)}⟧</b>{after}"
-
-
 ICONS = {"pass": "✅", "fail": "❌", "error": "💥", "not-run": "⏭️"}
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any
+from typing import Any, Callable
 
 from specengine.errors import UsageError
 
@@ -107,13 +107,57 @@ def describe_quantization(declared: dict[str, Any] | None, dtype: str,
     return out
 
 
+def _llama_cpp_facts(props: dict, facts: dict[str, str]) -> None:
+    """What llama.cpp's server says of itself in /props: its build, the model file, its
+    parallel slots and the sampling defaults a request would otherwise inherit."""
+    if props.get("build_info"):
+        facts["version"] = str(props["build_info"])
+    if props.get("model_path"):
+        facts["model_file"] = str(props["model_path"]).replace("\\", "/").rsplit("/", 1)[-1]
+    if props.get("total_slots"):
+        facts["parallel_slots"] = str(props["total_slots"])
+    defaults = props.get("default_generation_settings") or {}
+    params = defaults.get("params", defaults) if isinstance(defaults, dict) else {}
+    shown = {k: params[k] for k in ("temperature", "top_k", "top_p", "min_p",
+                                    "repeat_penalty", "dry_multiplier") if k in params}
+    if shown:
+        facts["sampling_defaults"] = ", ".join(f"{k}={v}" for k, v in shown.items())
+
+
+def _served_by(get: Callable[[str], Any], models: list[dict], facts: dict[str, str]
+               ) -> str | None:
+    """The engine behind the API, from vLLM's model list, llama.cpp's /props or the
+    OpenAPI title of llama-cpp-python (None when none says); `facts` gets what it tells."""
+    if "vllm" in {str(m.get("owned_by", "")).lower() for m in models}:
+        version = get("version")
+        if isinstance(version, dict) and version.get("version"):
+            facts["version"] = str(version["version"])
+        for m in models:
+            if m.get("max_model_len"):
+                facts["max_model_len"] = str(m["max_model_len"])
+        return "vllm"
+    props = get("props")
+    if isinstance(props, dict) and ("build_info" in props or "default_generation_settings" in props):
+        _llama_cpp_facts(props, facts)
+        return "llama.cpp server"
+    api = get("openapi.json")
+    title = str(((api or {}).get("info") or {}).get("title", "")) if isinstance(api, dict) else ""
+    if "llama" in title.lower() and "python" in title.lower():
+        version = (api.get("info") or {}).get("version")
+        if version:
+            facts["version"] = str(version)   # the package's own version
+        return "llama-cpp-python"
+    if title and title != "FastAPI":
+        facts["api_title"] = title[:80]
+    return None
+
+
 def identify(client: HttpClient, models: list[dict], dialect: str) -> tuple[str, dict[str, str]]:
     """(dialect, server facts): `dialect` resolved when 'auto', and what the server says
     about itself. Each probe is one bounded GET whose failure only means 'not said'."""
     root = client.base_url.rsplit("/v1", 1)[0]
     probe = HttpClient(root, client.api_key, min(client.timeout_s, 10), 0)
     facts: dict[str, str] = {}
-    owners = {str(m.get("owned_by", "")).lower() for m in models}
     names = [str(m.get("id", "")) for m in models]
 
     def get(path: str) -> Any:
@@ -122,41 +166,7 @@ def identify(client: HttpClient, models: list[dict], dialect: str) -> tuple[str,
         except (ServerDown, ServerRejected, ValueError):
             return None
 
-    engine = None
-    if "vllm" in owners:
-        engine = "vllm"
-        version = get("version")
-        if isinstance(version, dict) and version.get("version"):
-            facts["version"] = str(version["version"])
-        for m in models:
-            if m.get("max_model_len"):
-                facts["max_model_len"] = str(m["max_model_len"])
-    else:
-        props = get("props")
-        if isinstance(props, dict) and ("build_info" in props or "default_generation_settings" in props):
-            engine = "llama.cpp server"
-            if props.get("build_info"):
-                facts["version"] = str(props["build_info"])
-            if props.get("model_path"):
-                facts["model_file"] = str(props["model_path"]).replace("\\", "/").rsplit("/", 1)[-1]
-            if props.get("total_slots"):
-                facts["parallel_slots"] = str(props["total_slots"])
-            defaults = props.get("default_generation_settings") or {}
-            params = defaults.get("params", defaults) if isinstance(defaults, dict) else {}
-            shown = {k: params[k] for k in ("temperature", "top_k", "top_p", "min_p",
-                                            "repeat_penalty", "dry_multiplier") if k in params}
-            if shown:
-                facts["sampling_defaults"] = ", ".join(f"{k}={v}" for k, v in shown.items())
-        else:
-            api = get("openapi.json")
-            title = str(((api or {}).get("info") or {}).get("title", "")) if isinstance(api, dict) else ""
-            if "llama" in title.lower() and "python" in title.lower():
-                engine = "llama-cpp-python"
-                version = (api.get("info") or {}).get("version")
-                if version:
-                    facts["version"] = str(version)   # the package's own version
-            elif title and title != "FastAPI":
-                facts["api_title"] = title[:80]
+    engine = _served_by(get, models, facts)
     info = get("get_server_info")   # SGLang: parallelism and quantization
     if isinstance(info, dict):
         engine = engine or "sglang"
