@@ -23,7 +23,7 @@ from specengine.backends.base import (Backend, BackendConfig, Generation, Scores
 from specengine.backends.onnx import export as onnx_export
 from specengine.backends.onnx.export import META_FILE
 from specengine.backends.onnx.graph import GraphError, OnnxGraph
-from specengine.backends.onnx.graph import log_softmax
+from specengine.backends.onnx.graph import log_softmax, onnx_runtime
 from specengine.files import read_json
 from specengine.backends.host import cpu_name
 
@@ -37,14 +37,7 @@ DEVICES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda",
 class OnnxBackend(Backend):
     def __init__(self, config: BackendConfig):
         super().__init__(config)
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            from specengine.install import install_hint
-
-            raise BackendUnavailable(f"backend '{config.name}' needs ONNX Runtime, which is not "
-                                     f"installed: {install_hint('onnx')}") from None
-        self.ort = ort
+        self.ort = ort = onnx_runtime(config.name)
         options = config.options or {}
         self.providers = list(options.get("providers") or ["CPUExecutionProvider"])
         available = list(ort.get_available_providers())

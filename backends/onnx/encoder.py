@@ -27,6 +27,7 @@ from specengine.errors import BackendCrashed, BackendUnavailable, brief
 
 from specengine.backends.base import Backend, BackendConfig, Embedded, Generation, Scores
 from specengine.backends.host import cpu_name
+from specengine.backends.onnx.graph import onnx_runtime
 from specengine.backends.torch.models import load_torch_model
 from specengine.files import building_dir
 from specengine.files import cache_dir
@@ -42,14 +43,7 @@ class OnnxEncoderBackend(Backend):
 
     def __init__(self, config: BackendConfig):
         super().__init__(config)
-        try:
-            import onnxruntime
-        except ImportError:
-            from specengine.install import install_hint
-
-            raise BackendUnavailable(f"backend '{config.name}' needs onnxruntime: "
-                                     f"{install_hint('onnx')}") from None
-        self.ort = onnxruntime
+        self.ort = onnxruntime = onnx_runtime(config.name)
         if config.dtype != "float32":
             raise BackendUnavailable(f"backend '{config.name}': the ONNX encoder export is "
                                      f"float32 only (asked for {config.dtype})")

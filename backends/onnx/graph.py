@@ -22,12 +22,27 @@ from typing import Any
 
 import numpy as np
 
+from specengine.errors import BackendUnavailable
+
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
              "tensor(double)": np.float64, "tensor(int64)": np.int64,
              "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 _IN_PREFIX = re.compile(r"^(input\.)?(past_key_values|past)[._]")
 _OUT_PREFIX = re.compile(r"^(output\.)?(past_key_values|present_key_values|present)[._]")
 _KNOWN = {"input_ids", "position_ids", "attention_mask", "cache_position"}
+
+
+def onnx_runtime(backend_name: str) -> Any:
+    """The `onnxruntime` module, or BackendUnavailable naming the backend and how to install
+    it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        from specengine.install import install_hint
+
+        raise BackendUnavailable(f"backend '{backend_name}' needs ONNX Runtime, which is not "
+                                 f"installed: {install_hint('onnx')}") from None
+    return onnxruntime
 
 
 @dataclass

@@ -203,21 +203,20 @@ class TorchBackend(Backend):
                 length += len(feed)
                 mask = torch.ones((1, length), dtype=torch.long, device=dev)
                 last = i == len(feeds) - 1
-                try:
-                    out = self.model(input_ids=ids, attention_mask=mask, position_ids=position,
-                                     past_key_values=past, use_cache=True,
-                                     output_hidden_states=last)
-                except RuntimeError as exc:
-                    raise BackendCrashed(f"backend '{self.name}' forward failed: "
-                                         f"{brief(exc)}") from None
+                out = self._call(input_ids=ids, attention_mask=mask, position_ids=position,
+                                 past_key_values=past, use_cache=True,
+                                 output_hidden_states=last)
                 past = out.past_key_values
         return [h[0].float().cpu().numpy() for h in out.hidden_states]
 
-
     def _forward(self, input_ids, mask, position, past):
+        return self._call(input_ids=input_ids, attention_mask=mask, position_ids=position,
+                          past_key_values=past, use_cache=True)
+
+    def _call(self, **inputs):
+        """One forward of the model; a runtime error in it becomes BackendCrashed."""
         try:
-            return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position,
-                              past_key_values=past, use_cache=True)
+            return self.model(**inputs)
         except RuntimeError as exc:
             raise BackendCrashed(f"backend '{self.name}' forward failed: "
                                  f"{brief(exc)}") from None
@@ -231,11 +230,7 @@ class TorchBackend(Backend):
         seq = torch.tensor([list(ids)], dtype=torch.long, device=dev)
         keep = torch.tensor([int(p) for p in positions], dtype=torch.long, device=dev)
         with torch.inference_mode():
-            try:
-                out = self.model(input_ids=seq, use_cache=False, logits_to_keep=keep)
-            except RuntimeError as exc:
-                raise BackendCrashed(f"backend '{self.name}' forward failed: "
-                                     f"{brief(exc)}") from None
+            out = self._call(input_ids=seq, use_cache=False, logits_to_keep=keep)
             logits = out.logits[0]
             if logits.shape[0] != len(positions):     # a model that ignores an index tensor
                 logits = logits[keep]
@@ -249,17 +244,13 @@ class TorchBackend(Backend):
         dev = self.input_device
         ids = torch.tensor([full[:-1]], dtype=torch.long, device=dev)
         with torch.inference_mode():
-            try:
-                out = self.model(input_ids=ids, use_cache=False, logits_to_keep=n)
-            except RuntimeError as exc:
-                raise BackendCrashed(f"backend '{self.name}' forward failed: "
-                                     f"{brief(exc)}") from None
+            out = self._call(input_ids=ids, use_cache=False, logits_to_keep=n)
             return _scores(torch, out.logits[0, -n:, :], gather_ids, top_k)
 
     def hidden_states(self, ids: Sequence[int]) -> list[np.ndarray] | None:
         torch = self.torch
         with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([list(ids)], device=self.input_device),
+            out = self._call(input_ids=torch.tensor([list(ids)], device=self.input_device),
                              use_cache=False, output_hidden_states=True)
         return [h[0].float().cpu().numpy() for h in out.hidden_states]
 
@@ -274,11 +265,7 @@ class TorchBackend(Backend):
                 tensor = tensor.to(torch_dtype(self.config.dtype))
             inputs[key] = tensor.to(param.device)
         with torch.inference_mode():
-            try:
-                out = self.model(**inputs)
-            except RuntimeError as exc:
-                raise BackendCrashed(f"backend '{self.name}' forward failed: "
-                                     f"{brief(exc)}") from None
+            out = self._call(**inputs)
         self.synchronize()
         hidden = getattr(out, "last_hidden_state", None)
         hidden = out[0] if hidden is None else hidden
