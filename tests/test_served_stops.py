@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from helpers import REPO, SMOLLM2_SPEC, cli, load_json, write_spec
+from helpers import REPO, cli, load_json, served_smollm2_spec
 
 GOLDEN = REPO / "golden" / "smollm2-135m" / "cpu.json"
 RAW_CASES = ("capital-fr", "relativity", "capital-zh", "python-fn")
@@ -154,11 +154,8 @@ class ReplayServer(_Server):
 
 
 def _spec(tmp_path, base_url):
-    opts = json.dumps({"base_url": base_url, "timeout_s": 20, "retries": 1, "backoff_s": 1.0})
-    text = SMOLLM2_SPEC.read_text(encoding="utf-8").replace(
-        "\ndefaults:",
-        f"\nbackends:\n  served:\n    runtime: openai\n    options: {opts}\ndefaults:", 1)
-    return write_spec(tmp_path / "served.yaml", text)
+    return served_smollm2_spec(tmp_path / "served.yaml", "served", {
+        "base_url": base_url, "timeout_s": 20, "retries": 1, "backoff_s": 1.0})
 
 
 @pytest.mark.parametrize("mode,why", [("refuse", "connection refused"),

@@ -11,8 +11,8 @@ import json
 import pytest
 
 import vllm_server
-from helpers import copy_model
-from vllm_server import check, checks_by_case, served_spec
+from helpers import checks_by_case, copy_model
+from vllm_server import check, served_spec
 
 
 def planted_bug(clean, folder):

