@@ -7,7 +7,8 @@ charts, top-k tables) and the test checks the rendered page.
   external resource.
 - `--enable-logging=stderr --v=0`: no uncaught error, no console message, no
   Content-Security-Policy refusal.
-- `--screenshot --window-size=1280,2000`: saved as a test artifact (SPECENGINE_ARTIFACTS,
+- `--screenshot --window-size=1280,6000` (tall enough for the first case's charts, below its
+  limits table): saved as a test artifact (SPECENGINE_ARTIFACTS,
   else tests/artifacts/, which ignores itself in git), and decoded to check that the
   chart lines are drawn in it.
 
@@ -35,7 +36,7 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--hide-scrollbars", "--force-device-scale-factor=1")
-WIDTH, HEIGHT = 1280, 2000
+WIDTH, HEIGHT = 1280, 6000
 SERIES_COLORS = {"KL": (0x25, 0x63, 0xEB), "|Δ logprob|": (0xEA, 0x58, 0x0C)}
 
 
