@@ -53,12 +53,15 @@ class LimitRow:
         return f"{fmt(self.value, 3)} {op} {fmt(self.limit, 3)}"
 
     def headroom_text(self) -> str:
-        """`81%` of the range left; a broken upper limit as how many times over it is."""
+        """`81%` of the range left; a broken upper limit as how many times over it is, a
+        broken lower one as how far under it the value fell."""
         room = self.headroom
         if room is None:
             return "—"
-        if room < 0 and self.direction == "max":
-            return f"{self.value / self.limit:.3g}× over"
+        if room < 0:
+            if self.direction == "max":
+                return f"{self.value / self.limit:.3g}× over"
+            return f"{fmt(self.limit - self.value, 3)} under"
         return f"{room:.0%}"
 
     def noise_text(self) -> str:
